@@ -1,0 +1,39 @@
+"""Shared test fixtures: where the upstream fixtures and the PushT data live.
+
+``DP_MLX_SHARED`` names the shared folder; by default it is ``../shared`` next to the checkout.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DP_MLX_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "upstream"
+UPSTREAM_CONFIG = SHARED / "fixtures" / "upstream_config"
+PUSHT_ZARR = SHARED / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (set DP_MLX_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``shared/fixtures/upstream``: numbers produced by upstream's PyTorch code."""
+    return _require(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def upstream_config_dir() -> Path:
+    """``shared/fixtures/upstream_config``: upstream's own workspace and task YAML files."""
+    return _require(UPSTREAM_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def pusht_zarr() -> Path:
+    """Upstream's recorded PushT demonstrations."""
+    return _require(PUSHT_ZARR)
