@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports mlx.core: the package loads the fast CPU BLAS on import.
+import diffusion_policy_mlx  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DP_MLX_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "upstream"
