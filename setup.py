@@ -15,7 +15,7 @@ setup(
         "mlx[cpu]>=0.32; sys_platform == 'linux'",
         "hydra-core>=1.3",
         "omegaconf>=2.3",
-        "zarr>=2.18",
+        "zarr>=3.0",
         "numcodecs>=0.12",
         "numpy>=1.26",
         "pymunk>=7.0",
