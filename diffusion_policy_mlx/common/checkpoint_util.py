@@ -1,0 +1,424 @@
+"""Checkpoints as data: one safetensors file per ``.ckpt``, no pickle.
+
+A checkpoint holds tensors namespaced by owner (``model.``, ``ema_model.``, ``optimizer.``,
+``rng.``) and string metadata: the resolved config as YAML, a JSON ``state`` (epoch,
+global_step, RNG states, LR-scheduler and top-k bookkeeping) and a CRC-32 of every tensor.
+Writes go to a temporary file that is renamed over the target, so a crash never leaves a
+half-written ``latest.ckpt``. Loading checks the file's structure and checksums and names the
+damage; loading into a module checks every key and shape and names the mismatches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+
+FORMAT = "diffusion_policy_mlx.checkpoint"
+VERSION = 1
+# A safetensors header beyond this is certainly not one of ours: the file is something else.
+_MAX_HEADER_BYTES = 100 * 2**20
+_TMP_SUFFIX = ".tmp.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not a checkpoint of this package."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not fit the model/config it is loaded into; names the keys."""
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a ``.ckpt`` file."""
+
+    path: Path
+    tensors: dict[str, mx.array]
+    cfg: DictConfig
+    state: dict[str, Any]
+
+    def group(self, prefix: str) -> dict[str, mx.array]:
+        """Tensors under ``prefix.`` with the prefix removed."""
+        head = prefix + "."
+        return {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
+
+
+# ---------------------------------------------------------------------------------------------
+# File format
+# ---------------------------------------------------------------------------------------------
+
+
+def _crc32(array: mx.array) -> str:
+    if array.dtype == mx.bfloat16:
+        array = array.view(mx.uint16)
+    return f"{zlib.crc32(np.ascontiguousarray(array).data):08x}"
+
+
+def save_checkpoint(
+    path: str | Path,
+    tensors: Mapping[str, mx.array],
+    cfg: DictConfig,
+    state: Mapping[str, Any],
+) -> Path:
+    """Write a checkpoint atomically: a temporary file in the same folder, then a rename.
+
+    ``state`` must be JSON-serializable; ``cfg`` is stored resolved, as YAML.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = dict(tensors)
+    mx.eval(list(tensors.values()))
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "state": json.dumps(state),
+        "crc32": json.dumps({k: _crc32(v) for k, v in tensors.items()}),
+    }
+    for stale in path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"):
+        # Left by a process killed mid-write; never a complete checkpoint.
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+    mx.save_safetensors(str(tmp), tensors, metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse and check the safetensors header against the file size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated: {size} bytes, too short for a safetensors header"
+            )
+        if head.startswith(b"PK\x03\x04"):
+            raise CheckpointError(
+                f"{path} is a zip archive, not a safetensors checkpoint: probably an upstream "
+                "PyTorch checkpoint, which this package does not unpickle"
+            )
+        (header_len,) = struct.unpack("<Q", head)
+        first = f.read(1)
+        if first not in (b"{", b"") or header_len > _MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{path} is not a safetensors checkpoint, or its header is corrupt "
+                f"(header length field {header_len}, header starts with {first!r})"
+            )
+        if 8 + header_len > size:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated: its header needs {header_len} bytes but the file "
+                f"has {size - 8} after the length field"
+            )
+        raw = first + f.read(header_len - 1)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has a corrupt header: {e}") from None
+    meta = header.pop("__metadata__", None) or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a diffusion_policy_mlx checkpoint "
+            f"(metadata format={meta.get('format')!r}, expected {FORMAT!r})"
+        )
+    if int(meta.get("version", -1)) > VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta['version']}; this diffusion_policy_mlx "
+            f"reads up to version {VERSION}: upgrade the package"
+        )
+    data_size = size - 8 - header_len
+    ends = {name: info["data_offsets"][1] for name, info in header.items()}
+    for name, end in sorted(ends.items(), key=lambda kv: kv[1]):
+        if end > data_size:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated: tensor {name!r} ends at byte {end} of the data "
+                f"section, which has only {data_size} bytes (an interrupted copy or write?)"
+            )
+    expected = max(ends.values(), default=0)
+    if expected != data_size:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: {data_size - expected} unexpected bytes after the "
+            "last tensor"
+        )
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint; raises :class:`CheckpointError` naming any damage."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    meta = _read_header(path)
+    tensors = mx.load(str(path), format="safetensors")
+    try:
+        checksums = json.loads(meta["crc32"])
+        state = json.loads(meta["state"])
+        cfg = OmegaConf.create(meta["config"])
+    except (KeyError, json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e!r}") from None
+    if set(checksums) != set(tensors):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its tensor list does not match its checksum list "
+            f"(differing: {sorted(set(checksums) ^ set(tensors))})"
+        )
+    bad = [name for name, array in tensors.items() if _crc32(array) != checksums[name]]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: tensor(s) {', '.join(sorted(bad))} fail their CRC-32 "
+            "check (bit rot or a damaged copy); use another checkpoint"
+        )
+    return Checkpoint(path=path, tensors=tensors, cfg=cfg, state=state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules, optimizers and RNG state
+# ---------------------------------------------------------------------------------------------
+
+
+def module_tensors(module: nn.Module, prefix: str) -> dict[str, mx.array]:
+    """Every array of ``module`` (trainable or frozen) as ``{prefix.name: array}``."""
+    return {f"{prefix}.{k}": v for k, v in tree_flatten(module.parameters())}
+
+
+def _normalizer_paths(module: nn.Module) -> list[str]:
+    return [name for name, m in module.named_modules() if isinstance(m, LinearNormalizer)]
+
+
+def load_module(module: nn.Module, tensors: Mapping[str, mx.array], what: str) -> None:
+    """Load ``{name: array}`` into ``module`` strictly.
+
+    Normalizers are rebuilt from their entries first (a fresh policy's normalizer is empty until
+    fitted). Every other name must exist in the module with the same shape; all missing,
+    unexpected and mis-shaped names are reported together in one
+    :class:`CheckpointMismatchError`.
+    """
+    tensors = dict(tensors)
+    for norm_path in _normalizer_paths(module):
+        head = f"{norm_path}." if norm_path else ""
+        entries = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head + "params_")}
+        if not entries:
+            continue
+        normalizer = module if not norm_path else _submodule(module, norm_path)
+        normalizer.load_state_dict(entries)
+        for k in entries:
+            del tensors[head + k]
+
+    current = dict(tree_flatten(module.parameters()))
+    normalizer_heads = tuple(f"{p}." if p else "" for p in _normalizer_paths(module))
+    current = {
+        k: v
+        for k, v in current.items()
+        if not (normalizer_heads and k.startswith(normalizer_heads))
+    }
+    missing = sorted(current.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - current.keys())
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    )
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(_mismatch_message(what, missing, unexpected, shapes))
+    module.update(tree_unflatten([(k, v.astype(current[k].dtype)) for k, v in tensors.items()]))
+
+
+def _submodule(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = module[int(part)] if isinstance(module, list) else module[part]
+    return module
+
+
+def _mismatch_message(
+    what: str, missing: list[str], unexpected: list[str], shapes: list[str], limit: int = 20
+) -> str:
+    def section(title: str, items: list[str]) -> str:
+        shown = "\n    ".join(items[:limit])
+        more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+    text = f"checkpoint does not fit the {what}:"
+    if missing:
+        text += section("missing from the checkpoint", missing)
+    if unexpected:
+        text += section("in the checkpoint but not in the model", unexpected)
+    if shapes:
+        text += section("shape mismatch", shapes)
+    return text
+
+
+def optimizer_tensors(optimizer: optim.Optimizer, prefix: str = "optimizer") -> dict[str, mx.array]:
+    """The optimizer state (step, learning rate, moments) as ``{prefix.name: array}``."""
+    return {f"{prefix}.{k}": v for k, v in tree_flatten(optimizer.state)}
+
+
+def load_optimizer(
+    optimizer: optim.Optimizer, tensors: Mapping[str, mx.array], parameters: Mapping
+) -> None:
+    """Restore optimizer state saved by :func:`optimizer_tensors` (prefix removed).
+
+    ``parameters`` are the trainable parameters the optimizer updates; the state is checked
+    against a freshly initialized one, so a mismatch names its keys instead of failing later.
+    """
+    optimizer.init(parameters)
+    reference = dict(tree_flatten(optimizer.state))
+    missing = sorted(reference.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - reference.keys())
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in reference.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    )
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(_mismatch_message("optimizer", missing, unexpected, shapes))
+    state = tree_unflatten([(k, v.astype(reference[k].dtype)) for k, v in tensors.items()])
+    # Update in place: compiled training steps hold a reference to this state tree.
+    _update_tree(optimizer.state, state)
+
+
+def _update_tree(dst: Any, src: Any) -> None:
+    items = src.items() if isinstance(src, dict) else enumerate(src)
+    for key, value in items:
+        if isinstance(value, mx.array):
+            dst[key] = value
+        else:
+            _update_tree(dst[key], value)
+
+
+def rng_state() -> tuple[dict[str, mx.array], dict[str, Any]]:
+    """Snapshot numpy's, Python's and MLX's global generators: ``(tensors, json_state)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    tensors = {
+        "rng.numpy": mx.array(np.asarray(keys, dtype=np.uint32)),
+        "rng.python": mx.array(np.asarray(internal, dtype=np.uint32)),
+        "rng.mlx": mx.array(mx.random.state[0]),
+    }
+    state = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, gauss_next],
+    }
+    return tensors, state
+
+
+def restore_rng(tensors: Mapping[str, mx.array], state: Mapping[str, Any]) -> None:
+    """Restore the generators from :func:`rng_state` output."""
+    kind, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(tensors["rng.numpy"]), pos, has_gauss, cached))
+    version, gauss_next = state["python"]
+    internal = tuple(int(x) for x in np.array(tensors["rng.python"]).tolist())
+    random.setstate((version, internal, gauss_next))
+    # In place: compiled functions capture MLX's global random state by reference.
+    mx.random.state[0][...] = tensors["rng.mlx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config comparison
+# ---------------------------------------------------------------------------------------------
+
+# Keys that decide the shapes of what a checkpoint holds.
+STRUCTURAL_KEYS = ("policy", "shape_meta", "task.shape_meta", "obs_dim", "action_dim")
+
+
+def config_diff(
+    saved: DictConfig, current: DictConfig, keys: Iterable[str] = STRUCTURAL_KEYS
+) -> list[str]:
+    """``'key: saved -> current'`` for every leaf under ``keys`` that differs."""
+    out: list[str] = []
+    for key in keys:
+        a = OmegaConf.select(saved, key, default=None)
+        b = OmegaConf.select(current, key, default=None)
+        a = OmegaConf.to_container(a, resolve=True) if OmegaConf.is_config(a) else a
+        b = OmegaConf.to_container(b, resolve=True) if OmegaConf.is_config(b) else b
+        _diff(a, b, key, out)
+    return out
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(a.keys() | b.keys(), key=str):
+            _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}", out)
+    elif a != b:
+        out.append(f"{path}: {a!r} -> {b!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k
+# ---------------------------------------------------------------------------------------------
+
+
+class TopKCheckpointManager:
+    """Keep the ``k`` best checkpoints by ``monitor_key`` (upstream's manager, resumable).
+
+    ``get_ckpt_path(metrics)`` returns the path to save the new checkpoint under, deleting the
+    one it displaces, or None when the new one does not make the top ``k``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        monitor_key: str,
+        mode: str = "min",
+        k: int = 1,
+        format_str: str = "epoch={epoch:03d}-train_loss={train_loss:.3f}.ckpt",
+    ):
+        if mode not in ("max", "min"):
+            raise ValueError(f"checkpoint.topk.mode must be 'max' or 'min', got {mode!r}")
+        if k < 0:
+            raise ValueError(f"checkpoint.topk.k must be >= 0, got {k}")
+        self.save_dir = Path(save_dir)
+        self.monitor_key = monitor_key
+        self.mode = mode
+        self.k = k
+        self.format_str = format_str
+        self.path_value_map: dict[str, float] = {}
+
+    def get_ckpt_path(self, data: Mapping[str, Any]) -> str | None:
+        if self.k == 0:
+            return None
+        value = float(data[self.monitor_key])
+        ckpt_path = str(self.save_dir / self.format_str.format(**data))
+        if len(self.path_value_map) < self.k:
+            self.path_value_map[ckpt_path] = value
+            return ckpt_path
+        ranked = sorted(self.path_value_map.items(), key=lambda kv: kv[1])
+        if self.mode == "max":
+            worst_path, worst_value = ranked[0]
+            better = value > worst_value
+        else:
+            worst_path, worst_value = ranked[-1]
+            better = value < worst_value
+        if not better:
+            return None
+        del self.path_value_map[worst_path]
+        self.path_value_map[ckpt_path] = value
+        Path(worst_path).unlink(missing_ok=True)
+        return ckpt_path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"path_value_map": dict(self.path_value_map)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.path_value_map = {str(k): float(v) for k, v in state["path_value_map"].items()}
