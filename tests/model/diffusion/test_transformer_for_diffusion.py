@@ -276,3 +276,9 @@ def test_bad_inputs_raise_clear_errors(fixtures_dir):
         model(mx.zeros((3, 10, 4)), timestep, cond)
     with pytest.raises(ValueError, match="requires time_as_cond=True"):
         TransformerForDiffusion(2, 2, horizon=4, cond_dim=3, time_as_cond=False)
+
+
+def test_compiles_and_matches_eager(fixtures_dir):
+    model, t = load_fixture(fixtures_dir, "transformer")
+    fn = mx.compile(lambda s, ts, c: model(s, ts, c))
+    np.testing.assert_allclose(np.array(fn(*inputs(t))), t["output.prediction"], **TOL)
