@@ -1,0 +1,132 @@
+"""PushT image demonstrations as ``(obs, action)`` windows (upstream's ``PushTImageDataset``)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
+from diffusion_policy_mlx.common.sampler import SequenceSampler, downsample_mask, get_val_mask
+from diffusion_policy_mlx.data.registry import require_dataset
+from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
+from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+
+
+class PushTImageDataset(BaseImageDataset):
+    """Windows of ``horizon`` steps: ``obs.image`` ``(T, 3, H, W)`` float32 in ``[0, 1]``,
+    ``obs.agent_pos`` ``(T, 2)`` and ``action`` ``(T, 2)``, from the zarr keys ``img``
+    (``(N, H, W, 3)``, 0..255), ``state`` and ``action``.
+
+    Split and ``zarr_path`` semantics are those of
+    :class:`~diffusion_policy_mlx.dataset.pusht_dataset.PushTLowdimDataset`.
+    """
+
+    def __init__(
+        self,
+        zarr_path: str,
+        horizon: int = 1,
+        pad_before: int = 0,
+        pad_after: int = 0,
+        seed: int = 42,
+        val_ratio: float = 0.0,
+        max_train_episodes: int | None = None,
+    ):
+        super().__init__()
+        self.zarr_path = str(zarr_path)
+        self.replay_buffer = ReplayBuffer.copy_from_path(
+            require_dataset(zarr_path), keys=["img", "state", "action"]
+        )
+        for key, rule, ok in [
+            ("img", "(N, H, W, 3) RGB frames", lambda s: len(s) == 4 and s[-1] == 3),
+            ("state", "(N, D>=2) with the agent (x, y) first", lambda s: len(s) == 2 and s[1] >= 2),
+            ("action", "(N, Da)", lambda s: len(s) == 2),
+        ]:
+            shape = self.replay_buffer[key].shape
+            if not ok(shape):
+                raise ValueError(
+                    f"{self.zarr_path}: data/{key} has shape {shape}; expected {rule}."
+                )
+
+        val_mask = get_val_mask(
+            n_episodes=self.replay_buffer.n_episodes, val_ratio=val_ratio, seed=seed
+        )
+        train_mask = downsample_mask(mask=~val_mask, max_n=max_train_episodes, seed=seed)
+        self.sampler = SequenceSampler(
+            replay_buffer=self.replay_buffer,
+            sequence_length=horizon,
+            pad_before=pad_before,
+            pad_after=pad_after,
+            episode_mask=train_mask,
+        )
+        self.train_mask = train_mask
+        self.horizon = horizon
+        self.pad_before = pad_before
+        self.pad_after = pad_after
+
+    def __repr__(self) -> str:
+        return f"PushTImageDataset({self.zarr_path!r}, {len(self)} samples)"
+
+    def get_validation_dataset(self) -> PushTImageDataset:
+        """Windows over every episode not trained on, sharing this dataset's replay buffer."""
+        val_set = copy.copy(self)
+        val_set.train_mask = ~self.train_mask
+        val_set.sampler = SequenceSampler(
+            replay_buffer=self.replay_buffer,
+            sequence_length=self.horizon,
+            pad_before=self.pad_before,
+            pad_after=self.pad_after,
+            episode_mask=val_set.train_mask,
+        )
+        return val_set
+
+    def get_normalizer(self, mode: str = "limits", **kwargs) -> LinearNormalizer:
+        """``action`` and ``agent_pos`` fitted on all episodes; ``image`` maps ``[0, 1]`` to
+        ``[-1, 1]``."""
+        normalizer = LinearNormalizer()
+        normalizer.fit(
+            data={
+                "action": self.replay_buffer["action"],
+                "agent_pos": self.replay_buffer["state"][..., :2],
+            },
+            last_n_dims=1,
+            mode=mode,
+            **kwargs,
+        )
+        normalizer["image"] = get_image_range_normalizer()
+        return normalizer
+
+    def get_all_actions(self) -> mx.array:
+        """``(N, 2)``: every recorded action of every episode."""
+        return mx.array(self.replay_buffer["action"])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @staticmethod
+    def _sample_to_data(sample: Mapping[str, np.ndarray]) -> dict:
+        """Sampled arrays with leading axes ``(...)`` -> the sample dict.
+
+        Divides the sampled ``img`` in place (the sampler's gather is a fresh copy) rather than
+        allocating a second image array; the channel axis moves by a view.
+        """
+        image = sample["img"].astype(np.float32, copy=False)
+        np.divide(image, 255, out=image)
+        return {
+            "obs": {
+                "image": np.moveaxis(image, -1, -3),
+                "agent_pos": sample["state"][..., :2].astype(np.float32),
+            },
+            "action": sample["action"].astype(np.float32),
+        }
+
+    def __getitem__(self, idx: int) -> dict:
+        """``{'obs': {'image': (T, 3, H, W), 'agent_pos': (T, 2)}, 'action': (T, 2)}``."""
+        return self._sample_to_data(self.sampler.sample_sequence(idx))
+
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> dict:
+        """The samples ``indices`` stacked: every array gains a leading ``B`` axis."""
+        return self._sample_to_data(self.sampler.sample_sequences(indices))

@@ -1,0 +1,144 @@
+"""PushTImageDataset against upstream's samples and normalizer (loads the 2.8 GB image array once)."""
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
+from diffusion_policy_mlx.dataset.pusht_image_dataset import PushTImageDataset
+
+SHAPE_META = {
+    "obs": {
+        "image": {"shape": [3, 96, 96], "type": "rgb"},
+        "agent_pos": {"shape": [2], "type": "low_dim"},
+    },
+    "action": {"shape": [2]},
+}
+
+
+@pytest.fixture(scope="module")
+def fixture(fixtures_dir):
+    return load_file(fixtures_dir / "normalizer_pusht_image.safetensors")
+
+
+@pytest.fixture(scope="module")
+def dataset(pusht_zarr):
+    return PushTImageDataset(
+        str(pusht_zarr),
+        horizon=16,
+        pad_before=1,
+        pad_after=7,
+        seed=42,
+        val_ratio=0.02,
+        max_train_episodes=90,
+    )
+
+
+def test_lengths_and_split(dataset, fixture):
+    val = dataset.get_validation_dataset()
+    assert len(dataset) == int(fixture["output.len_train"][0]) == 10726
+    assert len(val) == int(fixture["output.len_val"][0]) == 13482
+    np.testing.assert_array_equal(
+        np.nonzero(dataset.train_mask)[0], fixture["output.train_episode_idx"]
+    )
+    np.testing.assert_array_equal(
+        np.nonzero(val.train_mask)[0], fixture["output.val_dataset_episode_idx"]
+    )
+
+
+@pytest.mark.parametrize("idx", [0, 5000])
+def test_samples_equal_upstream(dataset, fixture, idx):
+    sample = dataset[idx]
+    image = sample["obs"]["image"]
+    assert image.shape == (16, 3, 96, 96) and image.dtype == np.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    np.testing.assert_array_equal(image, fixture[f"output.train_sample_{idx}.obs.image"])
+    np.testing.assert_array_equal(
+        sample["obs"]["agent_pos"], fixture[f"output.train_sample_{idx}.obs.agent_pos"]
+    )
+    np.testing.assert_array_equal(sample["action"], fixture[f"output.train_sample_{idx}.action"])
+
+
+def test_padding_and_raw_frame(dataset, fixture):
+    # sample 0 starts one step before its episode: steps 0 and 1 are both the first frame
+    image = dataset[0]["obs"]["image"]
+    raw = fixture["output.train_sample_0.obs.image_raw_t1"]
+    np.testing.assert_array_equal(image[0], image[1])
+    np.testing.assert_array_equal(image[1], np.moveaxis(raw, -1, 0) / 255)
+
+
+def test_batch_equals_stacked_samples(dataset):
+    idxs = [5000, 0, 10725]
+    batch = dataset.__getitems__(idxs)
+    assert batch["obs"]["image"].shape == (3, 16, 3, 96, 96)
+    for row, i in enumerate(idxs):
+        sample = dataset[i]
+        np.testing.assert_array_equal(batch["obs"]["image"][row], sample["obs"]["image"])
+        np.testing.assert_array_equal(batch["obs"]["agent_pos"][row], sample["obs"]["agent_pos"])
+        np.testing.assert_array_equal(batch["action"][row], sample["action"])
+
+
+def test_sampling_leaves_the_buffer_untouched(dataset):
+    first = dataset.replay_buffer["img"][dataset.sampler.indices[0, 0]].copy()
+    dataset[0], dataset.__getitems__([0, 0])
+    np.testing.assert_array_equal(
+        dataset.replay_buffer["img"][dataset.sampler.indices[0, 0]], first
+    )
+    assert first.max() > 1  # still 0..255
+
+
+def test_normalizer_equals_upstream(dataset, fixture):
+    normalizer = dataset.get_normalizer()
+    state = normalizer.state_dict()
+    assert sorted(state) == sorted(
+        k.removeprefix("state_dict.") for k in fixture if k.startswith("state_dict.")
+    )
+    for name, value in state.items():
+        rtol = 1e-5 if name.endswith(("mean", "std")) else 1e-6
+        np.testing.assert_allclose(value, fixture[f"state_dict.{name}"], rtol=rtol, atol=1e-6)
+    normalized = normalizer.normalize(
+        {"agent_pos": dataset[0]["obs"]["agent_pos"], "action": dataset[0]["action"]}
+    )
+    np.testing.assert_allclose(
+        np.array(normalized["agent_pos"]),
+        fixture["output.train_sample_0.normalized.agent_pos"],
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.array(normalized["action"]),
+        fixture["output.train_sample_0.normalized.action"],
+        atol=1e-5,
+    )
+
+
+def test_check_shape_meta(dataset):
+    dataset.check_shape_meta(SHAPE_META)
+    wrong = {**SHAPE_META, "obs": {**SHAPE_META["obs"], "image": {"shape": [3, 84, 84]}}}
+    with pytest.raises(
+        ValueError, match=r"obs.image the per-step shape \(3, 84, 84\).*yields \(3, 96, 96\)"
+    ):
+        dataset.check_shape_meta(wrong)
+    renamed = {"obs": {"rgb": {"shape": [3, 96, 96]}}, "action": {"shape": [2]}}
+    with pytest.raises(KeyError, match=r"obs.rgb.*'obs.image', 'obs.agent_pos', 'action'"):
+        dataset.check_shape_meta(renamed)
+
+
+def test_bad_zarr_contents_are_named(tmp_path):
+    buffer = ReplayBuffer.create_empty_numpy()
+    buffer.add_episode(
+        {
+            "img": np.zeros((3, 8, 8, 1), np.float32),
+            "state": np.zeros((3, 5)),
+            "action": np.zeros((3, 2)),
+        }
+    )
+    buffer.save_to_path(tmp_path / "gray.zarr")
+    with pytest.raises(
+        ValueError, match=r"data/img has shape \(3, 8, 8, 1\); expected \(N, H, W, 3\)"
+    ):
+        PushTImageDataset(str(tmp_path / "gray.zarr"))
+    buffer = ReplayBuffer.create_empty_numpy()
+    buffer.add_episode({"img": np.zeros((3, 8, 8, 3), np.float32), "action": np.zeros((3, 2))})
+    buffer.save_to_path(tmp_path / "nostate.zarr")
+    with pytest.raises(KeyError, match="no array data/state"):
+        PushTImageDataset(str(tmp_path / "nostate.zarr"))
