@@ -62,7 +62,9 @@ def _open_group(zarr_path: str | Path, mode: str) -> zarr.Group:
         raise FileNotFoundError(
             f"Replay buffer {str(zarr_path)!r} does not exist ({path.resolve()})."
         )
-    return zarr.open_group(str(path), mode=mode, zarr_format=2 if mode in ("w", "w-") else None)
+    # new stores get upstream's zarr format 2; existing ones keep theirs
+    creating = mode in ("w", "w-") or not path.exists()
+    return zarr.open_group(str(path), mode=mode, zarr_format=2 if creating else None)
 
 
 class ReplayBuffer:
