@@ -19,6 +19,7 @@ setup(
         "numcodecs>=0.12",
         "numpy>=1.26",
         "pymunk>=7.0",
+        "gymnasium>=0.29",
         "wandb>=0.17",
         "tqdm>=4.66",
         "safetensors>=0.4",
