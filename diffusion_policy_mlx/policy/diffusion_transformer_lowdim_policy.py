@@ -1,6 +1,5 @@
 """Diffusion Policy with a time-series transformer over low-dimensional observations."""
 
-from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
@@ -66,8 +65,8 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
         self.n_obs_steps = n_obs_steps
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
-        # A read-only mapping, not a dict, so it stays out of the module's parameter tree.
-        self.kwargs = MappingProxyType(dict(kwargs))
+        # Set on the instance, not as a module item: scheduler options are not parameters.
+        object.__setattr__(self, "kwargs", dict(kwargs))
         if num_inference_steps is None:
             num_inference_steps = noise_scheduler.config.num_train_timesteps
         self.num_inference_steps = num_inference_steps

@@ -1,6 +1,5 @@
 """Diffusion Policy with a 1-D conditional U-Net over low-dimensional observations."""
 
-from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
@@ -77,8 +76,8 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         self.obs_as_global_cond = obs_as_global_cond
         self.pred_action_steps_only = pred_action_steps_only
         self.oa_step_convention = oa_step_convention
-        # A read-only mapping, not a dict, so it stays out of the module's parameter tree.
-        self.kwargs = MappingProxyType(dict(kwargs))
+        # Set on the instance, not as a module item: scheduler options are not parameters.
+        object.__setattr__(self, "kwargs", dict(kwargs))
         if num_inference_steps is None:
             num_inference_steps = noise_scheduler.config.num_train_timesteps
         self.num_inference_steps = num_inference_steps
