@@ -285,7 +285,9 @@ def load_optimizer(
     optimizer.init(parameters)
     reference = dict(tree_flatten(optimizer.state))
     missing = sorted(reference.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - reference.keys())
+    # Scalars a fresh optimizer lacks are schedule bookkeeping (e.g. the LR scheduler's
+    # ``initial_lr``), not per-parameter state.
+    unexpected = sorted(k for k in tensors.keys() - reference.keys() if tensors[k].ndim > 0)
     shapes = sorted(
         f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
         for k, v in reference.items()
@@ -293,7 +295,9 @@ def load_optimizer(
     )
     if missing or unexpected or shapes:
         raise CheckpointMismatchError(_mismatch_message("optimizer", missing, unexpected, shapes))
-    state = tree_unflatten([(k, v.astype(reference[k].dtype)) for k, v in tensors.items()])
+    state = tree_unflatten(
+        [(k, v.astype(reference[k].dtype) if k in reference else v) for k, v in tensors.items()]
+    )
     # Update in place: compiled training steps hold a reference to this state tree.
     _update_tree(optimizer.state, state)
 

@@ -87,6 +87,15 @@ def test_optimizer_state_is_updated_in_place(tmp_path):
     assert fresh_opt.state is state_obj and state_obj["step"].item() == 1
 
 
+def test_optimizer_bookkeeping_scalars_are_restored(tmp_path):
+    model, optimizer = _trained()
+    optimizer.state["initial_lr"] = mx.array(0.25)  # what the LR scheduler records
+    path = _save(tmp_path / "a.ckpt", model, optimizer)
+    fresh, fresh_opt = TinyPolicy(), AdamW(lr=0.5)
+    cu.load_optimizer(fresh_opt, cu.load_checkpoint(path).group("optimizer"), fresh.parameters())
+    assert fresh_opt.state["initial_lr"].item() == 0.25
+
+
 def test_rng_round_trip(tmp_path):
     np.random.seed(5), random.seed(5), mx.random.seed(5)
     tensors, state = cu.rng_state()

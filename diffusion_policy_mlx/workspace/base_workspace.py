@@ -1,0 +1,514 @@
+"""The workspace: builds everything a config names and runs the one training loop.
+
+Upstream copies its training loop into every ``train_*_workspace.py``; here it lives once, in
+:meth:`BaseWorkspace.run`, and the five diffusion workspaces only say which policy, dataset and
+runner types they expect. The loop keeps upstream's semantics: resume from
+``checkpoints/latest.ckpt``, LR schedule stepped per optimizer update, gradient accumulation,
+EMA, ``val_every`` validation loss, ``sample_every`` train-batch action MSE, ``rollout_every``
+env rollouts, ``checkpoint_every`` top-k + latest checkpoints, ``training.debug``,
+``max_train_steps``/``max_val_steps``, ``logs.json.txt`` and wandb.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+import hydra
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import tqdm
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion_policy_mlx.common import checkpoint_util
+from diffusion_policy_mlx.common.checkpoint_util import (
+    Checkpoint,
+    CheckpointMismatchError,
+    TopKCheckpointManager,
+)
+from diffusion_policy_mlx.common.json_logger import JsonLogger
+from diffusion_policy_mlx.config_compat import set_device, translate_config
+from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset
+from diffusion_policy_mlx.dataset.loader import DataLoader
+from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
+from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
+from diffusion_policy_mlx.model.common.lr_scheduler import get_scheduler
+from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
+from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
+from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
+
+log = logging.getLogger(__name__)
+
+Policy = BaseImagePolicy | BaseLowdimPolicy
+# Config keys whose change makes a checkpoint's tensors meaningless for the current run.
+CHECKPOINT_CONFIG_KEYS = (*checkpoint_util.STRUCTURAL_KEYS, "training.use_ema")
+
+
+class TrainStep:
+    """One training step, ``mx.compile``d over the model's, optimizer's and RNG's state.
+
+    With ``gradient_accumulate_every == n``, gradients of ``n`` consecutive batches (each
+    scaled by ``1/n``, as upstream divides the loss) are summed and applied together on the
+    ``n``-th; otherwise loss, gradients and the AdamW update are one compiled call.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: optim.Optimizer, gradient_accumulate_every: int
+    ):
+        if gradient_accumulate_every < 1:
+            raise ValueError(
+                f"training.gradient_accumulate_every must be >= 1, got {gradient_accumulate_every}"
+            )
+        self.model = model
+        self.optimizer = optimizer
+        self.accumulate = gradient_accumulate_every
+        self.pending: dict | None = None
+        self.n_pending = 0
+        # Initialize now so the state tree captured below already holds every moment buffer.
+        optimizer.init(model.trainable_parameters())
+        self.state = [model.state, optimizer.state, mx.random.state]
+        loss_and_grad = nn.value_and_grad(model, model.compute_loss)
+        scale = 1.0 / gradient_accumulate_every
+
+        def fused(batch: dict) -> mx.array:
+            loss, grads = loss_and_grad(batch)
+            optimizer.update(model, grads)
+            return loss
+
+        def grads_only(batch: dict) -> tuple[mx.array, dict]:
+            loss, grads = loss_and_grad(batch)
+            return loss, nn.utils.tree_map(lambda g: g * scale, grads)
+
+        def apply(grads: dict) -> None:
+            optimizer.update(model, grads)
+
+        self.fused = mx.compile(fused, inputs=self.state, outputs=self.state)
+        self.grads_only = mx.compile(
+            grads_only, inputs=[model.state, mx.random.state], outputs=[mx.random.state]
+        )
+        self.apply = mx.compile(apply, inputs=self.state, outputs=self.state)
+
+    def __call__(self, batch: dict) -> tuple[mx.array, bool]:
+        """Train on ``batch``; returns the (lazy) loss and whether the optimizer stepped."""
+        if self.accumulate == 1:
+            return self.fused(batch), True
+        loss, grads = self.grads_only(batch)
+        self.pending = (
+            grads
+            if self.pending is None
+            else nn.utils.tree_map(lambda a, b: a + b, self.pending, grads)
+        )
+        self.n_pending += 1
+        if self.n_pending < self.accumulate:
+            return loss, False
+        self.apply(self.pending)
+        self.pending, self.n_pending = None, 0
+        return loss, True
+
+
+class BaseWorkspace:
+    """Owns the policy, its EMA copy and the optimizer; saves, loads and trains them.
+
+    ``cfg`` may be an upstream config: its ``_target_`` s are translated to this package.
+    ``output_dir`` defaults to Hydra's run directory. Subclasses name the types they expect
+    (``dataset_type``, ``runner_type``) and may override :meth:`build_optimizer`.
+    """
+
+    dataset_type: ClassVar[tuple[type, ...]] = (BaseLowdimDataset, BaseImageDataset)
+    runner_type: ClassVar[tuple[type, ...]] = (BaseLowdimRunner, BaseImageRunner)
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path | None = None):
+        self.cfg = translate_config(cfg)
+        self._output_dir = None if output_dir is None else Path(output_dir)
+        self.global_step = 0
+        self.epoch = 0
+        self.topk_state: dict[str, Any] | None = None
+
+        seed = self.cfg.training.seed
+        np.random.seed(seed)
+        random.seed(seed)
+        mx.random.seed(seed)
+        set_device(self.cfg.training.device)
+
+        self.model: Policy = hydra.utils.instantiate(self.cfg.policy)
+        self.ema_model: Policy | None = None
+        self.ema: EMAModel | None = None
+        if self.cfg.training.use_ema:
+            # A second instance holding the same weights (upstream deep-copies the policy).
+            self.ema_model = hydra.utils.instantiate(self.cfg.policy)
+            self.ema_model.update(self.model.parameters())
+            # Partial first: instantiate would turn the module (a dict) into a config node.
+            self.ema = hydra.utils.instantiate(self.cfg.ema, _partial_=True)(model=self.ema_model)
+        self.optimizer: optim.Optimizer = self.build_optimizer()
+
+    def build_optimizer(self) -> optim.Optimizer:
+        """``cfg.optimizer`` instantiated; upstream passes the parameters, MLX needs none."""
+        return hydra.utils.instantiate(self.cfg.optimizer, params=None)
+
+    @property
+    def output_dir(self) -> Path:
+        if self._output_dir is None:
+            return Path(HydraConfig.get().runtime.output_dir)
+        return self._output_dir
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def get_checkpoint_path(self, tag: str = "latest") -> Path:
+        return self.output_dir / "checkpoints" / f"{tag}.ckpt"
+
+    def save_checkpoint(self, path: str | Path | None = None, tag: str = "latest") -> Path:
+        """Write model, EMA model, optimizer, counters and RNG state atomically to ``path``."""
+        path = self.get_checkpoint_path(tag) if path is None else Path(path)
+        tensors = checkpoint_util.module_tensors(self.model, "model")
+        if self.ema_model is not None:
+            tensors |= checkpoint_util.module_tensors(self.ema_model, "ema_model")
+        tensors |= checkpoint_util.optimizer_tensors(self.optimizer, "optimizer")
+        rng_tensors, rng_state = checkpoint_util.rng_state()
+        tensors |= rng_tensors
+        state = {
+            "workspace": type(self).__name__,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "rng": rng_state,
+            "topk": self.topk_state,
+            "ema": None if self.ema is None else self.ema.state_dict(),
+        }
+        return checkpoint_util.save_checkpoint(path, tensors, self.cfg, state)
+
+    def load_checkpoint(self, path: str | Path | None = None, tag: str = "latest") -> Checkpoint:
+        """Load ``path`` (default ``checkpoints/<tag>.ckpt``) into this workspace."""
+        path = self.get_checkpoint_path(tag) if path is None else Path(path)
+        ckpt = checkpoint_util.load_checkpoint(path)
+        self.load_payload(ckpt)
+        return ckpt
+
+    def load_payload(self, ckpt: Checkpoint) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote; mismatches name their keys."""
+        diff = checkpoint_util.config_diff(ckpt.cfg, self.cfg, CHECKPOINT_CONFIG_KEYS)
+        try:
+            checkpoint_util.load_module(self.model, ckpt.group("model"), "policy")
+            if self.ema_model is not None:
+                checkpoint_util.load_module(self.ema_model, ckpt.group("ema_model"), "EMA policy")
+            checkpoint_util.load_optimizer(
+                self.optimizer, ckpt.group("optimizer"), self.model.trainable_parameters()
+            )
+        except CheckpointMismatchError as e:
+            changed = "\n  ".join(diff) if diff else "(no differences in the policy config)"
+            raise CheckpointMismatchError(
+                f"{ckpt.path} was written by a different configuration.\n"
+                f"Config changes (checkpoint -> current):\n  {changed}\n{e}"
+            ) from None
+        if diff:
+            log.warning(
+                "checkpoint %s was written with a different policy config (tensors still fit):"
+                "\n  %s",
+                ckpt.path,
+                "\n  ".join(diff),
+            )
+        self.epoch = int(ckpt.state["epoch"])
+        self.global_step = int(ckpt.state["global_step"])
+        self.topk_state = ckpt.state.get("topk")
+        if self.ema is not None and ckpt.state.get("ema") is not None:
+            self.ema.load_state_dict(ckpt.state["ema"])
+        checkpoint_util.restore_rng(ckpt.tensors, ckpt.state["rng"])
+
+    @classmethod
+    def create_from_checkpoint(
+        cls, path: str | Path, output_dir: str | Path | None = None
+    ) -> BaseWorkspace:
+        """A workspace rebuilt from the config stored in ``path``, with its state loaded."""
+        ckpt = checkpoint_util.load_checkpoint(path)
+        workspace_cls = hydra.utils.get_class(ckpt.cfg._target_)
+        if not issubclass(workspace_cls, cls):
+            raise TypeError(f"{path} holds a {workspace_cls.__name__}, not a {cls.__name__}")
+        workspace = workspace_cls(ckpt.cfg, output_dir=output_dir)
+        workspace.load_payload(ckpt)
+        return workspace
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks for subclasses
+    # ----------------------------------------------------------------------------------------
+
+    def policy_train_mode(self) -> None:
+        """Put the policies in training mode (the image workspace keeps a frozen encoder in eval)."""
+        self.model.train()
+        if self.ema_model is not None:
+            self.ema_model.train()
+
+    def sample_action_mse(self, policy: Policy, batch: Mapping[str, Any]) -> mx.array:
+        """Mean squared error of the policy's sampled actions on a training batch."""
+        gt_action = batch["action"]
+        if isinstance(policy, BaseLowdimPolicy):
+            result = policy.predict_action({"obs": batch["obs"]})
+        else:
+            result = policy.predict_action(dict(batch["obs"]))
+        if self.cfg.get("pred_action_steps_only", False):
+            start = self.cfg.n_obs_steps - 1
+            pred_action = result["action"]
+            gt_action = gt_action[:, start : start + self.cfg.n_action_steps]
+        else:
+            pred_action = result["action_pred"]
+        return mx.mean(mx.square(pred_action - gt_action))
+
+    # ----------------------------------------------------------------------------------------
+    # The training loop
+    # ----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Train for ``training.num_epochs`` epochs (in total, across resumes)."""
+        cfg = copy.deepcopy(self.cfg)
+        latest = self.get_checkpoint_path()
+        resumed = bool(cfg.training.resume) and latest.is_file()
+        if resumed:
+            log.info("Resuming from checkpoint %s (epoch %d)", latest, self.epoch)
+            self.load_checkpoint(path=latest)
+            log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
+
+        dataset = hydra.utils.instantiate(cfg.task.dataset)
+        _require_type(dataset, self.dataset_type, "task.dataset")
+        train_dataloader = DataLoader(dataset, **_loader_kwargs(cfg.dataloader, cfg.training.seed))
+        normalizer = dataset.get_normalizer()
+        val_dataset = dataset.get_validation_dataset()
+        val_dataloader = DataLoader(
+            val_dataset, **_loader_kwargs(cfg.val_dataloader, cfg.training.seed)
+        )
+        self.model.set_normalizer(normalizer)
+        if self.ema_model is not None:
+            self.ema_model.set_normalizer(normalizer)
+
+        accumulate = int(cfg.training.gradient_accumulate_every)
+        lr_scheduler = get_scheduler(
+            cfg.training.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=cfg.training.lr_warmup_steps,
+            num_training_steps=(len(train_dataloader) * cfg.training.num_epochs) // accumulate,
+            # optimizer updates done so far; the schedule resumes where it stopped
+            last_epoch=self.global_step // accumulate - 1,
+        )
+        env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir))
+        _require_type(env_runner, self.runner_type, "task.env_runner")
+
+        topk_manager = TopKCheckpointManager(
+            save_dir=self.output_dir / "checkpoints", **cfg.checkpoint.topk
+        )
+        if self.topk_state is not None:
+            topk_manager.load_state_dict(self.topk_state)
+
+        if cfg.training.debug:
+            with open_dict(cfg):
+                cfg.training.num_epochs = 2
+                cfg.training.max_train_steps = 3
+                cfg.training.max_val_steps = 3
+                cfg.training.rollout_every = 1
+                cfg.training.checkpoint_every = 1
+                cfg.training.val_every = 1
+                cfg.training.sample_every = 1
+
+        self.policy_train_mode()
+        train_step = TrainStep(self.model, self.optimizer, accumulate)
+        val_loss_fn = mx.compile(
+            self.model.compute_loss,
+            inputs=[self.model.state, mx.random.state],
+            outputs=[mx.random.state],
+        )
+        wandb_run = init_wandb(cfg, self.output_dir)
+        log_path = self.output_dir / "logs.json.txt"
+        # The first batch of epoch 0, also after a resume, so the metric means the same thing.
+        train_sampling_batch = train_dataloader.load_batch(train_dataloader.batch_indices(0)[0])
+        warned_topk = False
+        training = cfg.training
+        try:
+            with JsonLogger(log_path, resume_step=self.global_step if resumed else None) as logger:
+                while self.epoch < training.num_epochs:
+                    step_log: dict[str, Any] = {}
+                    # ========= train for this epoch ==========
+                    train_dataloader.set_epoch(self.epoch)
+                    n_batches = len(train_dataloader)
+                    if training.max_train_steps is not None:
+                        n_batches = min(n_batches, training.max_train_steps)
+                    train_losses = []
+                    with tqdm.tqdm(
+                        train_dataloader,
+                        total=n_batches,
+                        desc=f"Training epoch {self.epoch}",
+                        leave=False,
+                        mininterval=training.tqdm_interval_sec,
+                    ) as tepoch:
+                        for batch_idx, batch in enumerate(tepoch):
+                            loss, stepped = train_step(batch)
+                            if stepped:
+                                lr_scheduler.step()
+                            if self.ema is not None:
+                                self.ema.step(self.model)
+                            ema_params = [] if self.ema is None else self.ema_model.parameters()
+                            mx.eval(loss, train_step.state, ema_params)
+                            raw_loss = loss.item()
+                            tepoch.set_postfix(loss=raw_loss, refresh=False)
+                            train_losses.append(raw_loss)
+                            step_log = {
+                                "train_loss": raw_loss,
+                                "global_step": self.global_step,
+                                "epoch": self.epoch,
+                                "lr": lr_scheduler.get_last_lr()[0],
+                            }
+                            if batch_idx == n_batches - 1:
+                                # the epoch's last step is logged with the evaluations below
+                                break
+                            wandb_run.log(step_log, step=self.global_step)
+                            logger.log(step_log)
+                            self.global_step += 1
+
+                    # replace the last step's loss with the epoch average
+                    step_log["train_loss"] = float(np.mean(train_losses))
+
+                    # ========= eval for this epoch ==========
+                    policy = self.ema_model if self.ema_model is not None else self.model
+                    policy.eval()
+                    if self.epoch % training.rollout_every == 0:
+                        step_log.update(env_runner.run(policy))
+
+                    if self.epoch % training.val_every == 0:
+                        val_loss = self._validation_loss(val_dataloader, val_loss_fn, training)
+                        if val_loss is not None:
+                            step_log["val_loss"] = val_loss
+
+                    if self.epoch % training.sample_every == 0:
+                        mse = self.sample_action_mse(policy, train_sampling_batch)
+                        step_log["train_action_mse_error"] = mse.item()
+                    self.policy_train_mode()
+
+                    wandb_run.log(_for_wandb(step_log), step=self.global_step)
+                    logger.log(step_log)
+                    completed_epoch = self.epoch
+                    self.global_step += 1
+                    self.epoch += 1
+
+                    # ========= checkpoint ==========
+                    # Saved after the counters advance: a resumed run starts at the next epoch.
+                    if completed_epoch % training.checkpoint_every == 0:
+                        metrics = {k.replace("/", "_"): v for k, v in step_log.items()}
+                        if topk_manager.monitor_key not in metrics:
+                            if not warned_topk:
+                                log.warning(
+                                    "checkpoint.topk.monitor_key=%s is not logged at epoch %d "
+                                    "(rollouts run every %d epochs); only latest.ckpt is kept then",
+                                    topk_manager.monitor_key,
+                                    completed_epoch,
+                                    training.rollout_every,
+                                )
+                                warned_topk = True
+                            topk_path = None
+                        else:
+                            topk_path = topk_manager.get_ckpt_path(metrics)
+                        self.topk_state = topk_manager.state_dict()
+                        if cfg.checkpoint.save_last_ckpt:
+                            self.save_checkpoint()
+                        if topk_path is not None:
+                            self.save_checkpoint(path=topk_path)
+        finally:
+            wandb_run.finish()
+
+    def _validation_loss(
+        self, loader: DataLoader, loss_fn: Any, training: DictConfig
+    ) -> float | None:
+        n_batches = len(loader)
+        if training.max_val_steps is not None:
+            n_batches = min(n_batches, training.max_val_steps)
+        if n_batches == 0:
+            return None
+        losses = []
+        loader.set_epoch(self.epoch)
+        with tqdm.tqdm(
+            loader,
+            total=n_batches,
+            desc=f"Validation epoch {self.epoch}",
+            leave=False,
+            mininterval=training.tqdm_interval_sec,
+        ) as tepoch:
+            for batch_idx, batch in enumerate(tepoch):
+                loss = loss_fn(batch)
+                mx.eval(loss)
+                losses.append(loss.item())
+                if batch_idx == n_batches - 1:
+                    break
+        return float(np.mean(losses))
+
+
+def _require_type(obj: Any, expected: tuple[type, ...], key: str) -> None:
+    if not isinstance(obj, expected):
+        names = " or ".join(t.__name__ for t in expected)
+        raise TypeError(
+            f"config {key} built a {type(obj).__name__}; this workspace needs a {names}"
+        )
+
+
+def _loader_kwargs(loader_cfg: DictConfig, seed: int) -> dict[str, Any]:
+    # An explicit seed, so a resumed run shuffles exactly as the interrupted one did.
+    return {"seed": seed, **OmegaConf.to_container(loader_cfg, resolve=True)}
+
+
+def _for_wandb(step_log: Mapping[str, Any]) -> dict[str, Any]:
+    """Rollout videos arrive as mp4 paths; wandb wants ``wandb.Video`` objects."""
+    return {
+        k: wandb.Video(v, format="mp4") if isinstance(v, str) and v.endswith(".mp4") else v
+        for k, v in step_log.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# wandb
+# ---------------------------------------------------------------------------------------------
+
+
+def _wandb_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(wandb.Settings().base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def init_wandb(cfg: DictConfig, output_dir: Path) -> Any:
+    """Start the wandb run ``cfg.logging`` describes; never hangs or fails on credentials.
+
+    ``WANDB_MODE`` in the environment overrides ``logging.mode``. An online run without
+    credentials or without a route to the wandb server continues offline, with one message.
+    """
+    kwargs = OmegaConf.to_container(cfg.logging, resolve=True)
+    kwargs["mode"] = os.environ.get("WANDB_MODE") or kwargs.get("mode", "online")
+    config = OmegaConf.to_container(cfg, resolve=True) | {"output_dir": str(output_dir)}
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(**overrides: Any) -> Any:
+        return wandb.init(dir=str(output_dir), config=config, **(kwargs | overrides))
+
+    if kwargs["mode"] != "online":
+        return start()
+    if not _wandb_reachable():
+        reason = f"cannot reach {wandb.Settings().base_url}"
+    else:
+        try:
+            return start(settings=wandb.Settings(init_timeout=60))
+        except (wandb.errors.UsageError, wandb.errors.CommError) as e:
+            reason = str(e).splitlines()[0]
+    log.warning(
+        "wandb: %s; logging offline to %s/wandb (upload later with `wandb sync`)",
+        reason,
+        output_dir,
+    )
+    return start(mode="offline")
