@@ -4,6 +4,10 @@ Constructor kwargs, ``config``, ``set_timesteps``, ``step`` and ``add_noise`` fo
 ``diffusers.DDIMScheduler`` 0.11.1, the version upstream pins. Per-timestep coefficients are
 precomputed tables, so ``step`` is pure array code that ``mx.compile`` traces once for any
 timestep given as an array.
+
+One deliberate difference: for ``prediction_type='sample'`` the direction term uses the noise
+implied by the predicted x0 (as newer diffusers do); 0.11.1 used the x0 prediction itself
+there. ``epsilon`` (upstream's DDIM configs) is unaffected and matches 0.11.1.
 """
 
 from collections.abc import Sequence

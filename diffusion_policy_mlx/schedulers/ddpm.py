@@ -4,6 +4,10 @@ Constructor kwargs, ``config``, ``set_timesteps``, ``step`` and ``add_noise`` fo
 ``diffusers.DDPMScheduler`` 0.11.1, the version upstream pins. Per-timestep coefficients are
 precomputed tables, so ``step`` is pure array code that ``mx.compile`` traces once for any
 timestep given as an array.
+
+One deliberate difference: with ``set_timesteps(n < num_train_timesteps)`` a step goes from t to
+t - N // n with that jump's posterior (as newer diffusers do); 0.11.1 always stepped to t - 1,
+which is wrong for skipped steps. Upstream samples DDPM with all N steps, where both agree.
 """
 
 from collections.abc import Sequence
