@@ -8,5 +8,9 @@ from diffusion_policy_mlx.blas import blas_info, load_fast_blas
 
 load_fast_blas()
 
+# Registers the safe ${eval:...} resolver for every process that imports the package (Hydra
+# launcher workers included); imported after the BLAS because it imports mlx.core.
+from diffusion_policy_mlx import config_compat  # noqa: E402, F401
+
 __all__ = ["blas_info"]
 __version__ = "0.1.0"

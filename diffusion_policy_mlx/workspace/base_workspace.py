@@ -145,9 +145,7 @@ class BaseWorkspace:
         self.ema_model: Policy | None = None
         self.ema: EMAModel | None = None
         if self.cfg.training.use_ema:
-            # A second instance holding the same weights (upstream deep-copies the policy).
-            self.ema_model = hydra.utils.instantiate(self.cfg.policy)
-            self.ema_model.update(self.model.parameters())
+            self.ema_model = copy.deepcopy(self.model)
             # Partial first: instantiate would turn the module (a dict) into a config node.
             self.ema = hydra.utils.instantiate(self.cfg.ema, _partial_=True)(model=self.ema_model)
         self.optimizer: optim.Optimizer = self.build_optimizer()
