@@ -94,9 +94,9 @@ class TrainStep:
             optimizer.update(model, grads)
 
         self.fused = mx.compile(fused, inputs=self.state, outputs=self.state)
-        self.grads_only = mx.compile(
-            grads_only, inputs=[model.state, mx.random.state], outputs=[mx.random.state]
-        )
+        # value_and_grad swaps tracers into the model, so its state is an output here too.
+        model_state = [model.state, mx.random.state]
+        self.grads_only = mx.compile(grads_only, inputs=model_state, outputs=model_state)
         self.apply = mx.compile(apply, inputs=self.state, outputs=self.state)
 
     def __call__(self, batch: dict) -> tuple[mx.array, bool]:

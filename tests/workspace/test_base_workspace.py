@@ -1,0 +1,229 @@
+import logging
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from mlx.utils import tree_flatten
+from omegaconf import OmegaConf
+
+from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
+from diffusion_policy_mlx.config_compat import AdamW
+from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.workspace import base_workspace
+from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep, init_wandb
+from diffusion_policy_mlx.workspace.train_diffusion_unet_lowdim_workspace import (
+    TrainDiffusionUnetLowdimWorkspace,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+TINY_LOWDIM = [
+    "policy.model.down_dims=[8,16]",
+    "policy.model.diffusion_step_embed_dim=8",
+    "policy.num_inference_steps=2",
+    "training.device=cpu",
+]
+
+
+def _cfg(name="train_diffusion_unet_lowdim_workspace", overrides=()):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(name, overrides=[*TINY_LOWDIM, *overrides])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+class Regression(nn.Module):
+    """A deterministic ``compute_loss`` so compiled and hand-written steps can be compared."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def compute_loss(self, batch):
+        return mx.mean(mx.square(self.linear(batch["x"]) - batch["y"]))
+
+
+def _batches(n):
+    rng = np.random.default_rng(0)
+    return [
+        {"x": mx.array(rng.normal(size=(4, 3)), mx.float32), "y": mx.array(rng.normal(size=(4, 2)))}
+        for _ in range(n)
+    ]
+
+
+def test_train_step_equals_value_and_grad_plus_adamw():
+    mx.random.seed(0)
+    model, reference = Regression(), Regression()
+    reference.update(model.parameters())
+    step = TrainStep(model, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
+    ref_opt = AdamW(lr=0.01, weight_decay=0.1)
+    grad_fn = nn.value_and_grad(reference, reference.compute_loss)
+    for batch in _batches(3):
+        loss, stepped = step(batch)
+        mx.eval(loss, step.state)
+        ref_loss, grads = grad_fn(batch)
+        ref_opt.update(reference, grads)
+        assert stepped
+        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (k, a), (_, b) in zip(
+        tree_flatten(model.parameters()), tree_flatten(reference.parameters()), strict=True
+    ):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_gradient_accumulation_averages_batches():
+    model, reference = Regression(), Regression()
+    reference.update(model.parameters())
+    step = TrainStep(model, AdamW(lr=0.01), gradient_accumulate_every=2)
+    ref_opt = AdamW(lr=0.01)
+    grad_fn = nn.value_and_grad(reference, reference.compute_loss)
+    batches = _batches(4)
+    flags = []
+    for batch in batches:
+        loss, stepped = step(batch)
+        mx.eval(loss, step.state)
+        flags.append(stepped)
+    assert flags == [False, True, False, True]
+    for a, b in (batches[:2], batches[2:]):
+        grads = [grad_fn(x)[1] for x in (a, b)]
+        mean = nn.utils.tree_map(lambda g, h: (g + h) / 2, *grads)
+        ref_opt.update(reference, mean)
+    assert step.optimizer.step.item() == 2
+    for (k, a), (_, b) in zip(
+        tree_flatten(model.parameters()), tree_flatten(reference.parameters()), strict=True
+    ):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-7, err_msg=k)
+    with pytest.raises(ValueError, match="gradient_accumulate_every must be >= 1"):
+        TrainStep(model, AdamW(), gradient_accumulate_every=0)
+
+
+def _fitted_normalizer() -> LinearNormalizer:
+    rng = np.random.default_rng(1)
+    normalizer = LinearNormalizer()
+    normalizer.fit(
+        {
+            "obs": rng.normal(size=(64, 20)).astype(np.float32),
+            "action": rng.normal(size=(64, 2)).astype(np.float32),
+        }
+    )
+    return normalizer
+
+
+def _trained_workspace(tmp_path, overrides=()) -> TrainDiffusionUnetLowdimWorkspace:
+    workspace = TrainDiffusionUnetLowdimWorkspace(_cfg(overrides=overrides), output_dir=tmp_path)
+    workspace.model.set_normalizer(_fitted_normalizer())
+    workspace.ema_model.set_normalizer(_fitted_normalizer())
+    rng = np.random.default_rng(2)
+    batch = {
+        "obs": mx.array(rng.normal(size=(4, 16, 20)), mx.float32),
+        "action": mx.array(rng.normal(size=(4, 16, 2)), mx.float32),
+    }
+    step = TrainStep(workspace.model, workspace.optimizer, 1)
+    for _ in range(2):
+        loss, _ = step(batch)
+        workspace.ema.step(workspace.model)
+        mx.eval(loss, step.state, workspace.ema_model.parameters())
+    workspace.epoch, workspace.global_step = 3, 41
+    workspace.topk_state = {"path_value_map": {"a.ckpt": 0.5}}
+    return workspace
+
+
+def _flat(module):
+    return {k: np.array(v) for k, v in tree_flatten(module.parameters())}
+
+
+def test_workspace_checkpoint_round_trip(tmp_path):
+    workspace = _trained_workspace(tmp_path)
+    path = workspace.save_checkpoint()
+    assert path == tmp_path / "checkpoints" / "latest.ckpt"
+    after_save = mx.random.uniform(shape=(2,))
+
+    restored = BaseWorkspace.create_from_checkpoint(path, output_dir=tmp_path / "other")
+    assert type(restored) is TrainDiffusionUnetLowdimWorkspace
+    assert (restored.epoch, restored.global_step) == (3, 41)
+    assert restored.topk_state == {"path_value_map": {"a.ckpt": 0.5}}
+    assert restored.ema.optimization_step == 2 and restored.ema.decay == workspace.ema.decay
+    for name in ("model", "ema_model"):
+        expected, got = _flat(getattr(workspace, name)), _flat(getattr(restored, name))
+        assert expected.keys() == got.keys()
+        for k in expected:
+            np.testing.assert_array_equal(expected[k], got[k], err_msg=f"{name}.{k}")
+    opt_a, opt_b = (
+        dict(tree_flatten(workspace.optimizer.state)),
+        dict(tree_flatten(restored.optimizer.state)),
+    )
+    assert opt_a.keys() == opt_b.keys() and opt_b["step"].item() == 2
+    # the MLX generator continues exactly where the saved run was
+    assert mx.array_equal(mx.random.uniform(shape=(2,)), after_save)
+
+
+def test_loading_into_another_config_names_keys(tmp_path):
+    path = _trained_workspace(tmp_path).save_checkpoint()
+    other = TrainDiffusionUnetLowdimWorkspace(
+        _cfg(overrides=["policy.model.down_dims=[8,32]"]), output_dir=tmp_path
+    )
+    with pytest.raises(CheckpointMismatchError) as info:
+        other.load_checkpoint(path)
+    message = str(info.value)
+    assert "policy.model.down_dims: [8, 16] -> [8, 32]" in message
+    assert "shape mismatch" in message
+    assert (
+        "model.down_modules.1.1.blocks.1.block.1.weight: checkpoint (16,) vs model (32,)" in message
+    )
+
+
+def test_compatible_config_change_is_reported_not_fatal(tmp_path, caplog):
+    path = _trained_workspace(tmp_path).save_checkpoint()
+    other = TrainDiffusionUnetLowdimWorkspace(
+        _cfg(overrides=["policy.num_inference_steps=3"]), output_dir=tmp_path
+    )
+    with caplog.at_level(logging.WARNING):
+        other.load_checkpoint(path)
+    assert "policy.num_inference_steps: 2 -> 3" in caplog.text
+    assert other.global_step == 41
+
+
+def test_run_refuses_a_damaged_latest_checkpoint(tmp_path):
+    workspace = _trained_workspace(tmp_path)
+    path = workspace.save_checkpoint()
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"latest\.ckpt is truncated"):
+        workspace.run()
+
+
+def test_wandb_falls_back_to_offline_without_network(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(base_workspace, "_wandb_reachable", lambda timeout=3.0: False)
+    cfg = _cfg(overrides=["logging.mode=online"])
+    with caplog.at_level(logging.WARNING):
+        run = init_wandb(cfg, tmp_path)
+    try:
+        assert run.settings.mode == "offline"
+        assert "logging offline" in caplog.text and "cannot reach" in caplog.text
+    finally:
+        run.finish()
+    assert any((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_falls_back_to_offline_without_credentials(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setattr(base_workspace, "_wandb_reachable", lambda timeout=3.0: True)
+    with caplog.at_level(logging.WARNING):
+        run = init_wandb(_cfg(overrides=["logging.mode=online"]), tmp_path)
+    try:
+        assert run.settings.mode == "offline"
+        assert "API key" in caplog.text
+    finally:
+        run.finish()
+
+
+def test_wandb_mode_env_overrides_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run = init_wandb(_cfg(overrides=["logging.mode=online"]), tmp_path)
+    assert run.settings.mode == "disabled"
+    run.finish()
