@@ -1,0 +1,121 @@
+"""Evaluate a low-dimensional (keypoint) policy on PushT (upstream's PushTKeypointsRunner)."""
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from diffusion_policy_mlx.env.pusht.pusht_keypoints_env import PushTKeypointsEnv
+from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
+from diffusion_policy_mlx.env_runner.pusht_rollout import VectorRollout, plan_episodes, summarize
+from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
+from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
+    VideoRecorder,
+    VideoRecordingWrapper,
+)
+from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
+
+
+class PushTKeypointsRunner(BaseLowdimRunner):
+    """Rolls a low-dim policy out on ``n_train`` + ``n_test`` seeded PushT keypoint episodes.
+
+    Upstream's kwargs and log keys. Each control step makes one batched ``predict_action`` call
+    on ``{"obs": (B, To, Do) float32, "obs_mask": (B, To, Do) bool}`` (plus ``past_action``
+    ``(B, To - 1, Da)`` when enabled); ``Do = 20`` (9 block keypoints and the agent, xy), 24
+    with ``agent_keypoints``. Latency is simulated as upstream: the env keeps
+    ``n_obs_steps + n_latency_steps`` observations, the policy sees the oldest ``n_obs_steps``,
+    and the first ``n_latency_steps`` predicted actions are dropped (so the policy must predict
+    ``n_action_steps + n_latency_steps``). Videos of the first ``n_train_vis`` / ``n_test_vis``
+    episodes go to ``output_dir/media/*.mp4``.
+
+    ``vector_env`` (not upstream's): ``"sync"`` steps the envs in this process, ``"async"`` in
+    one worker process each.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        keypoint_visible_rate: float = 1.0,
+        n_train: int = 10,
+        n_train_vis: int = 3,
+        train_start_seed: int = 0,
+        n_test: int = 22,
+        n_test_vis: int = 6,
+        legacy_test: bool = False,
+        test_start_seed: int = 10000,
+        max_steps: int = 200,
+        n_obs_steps: int = 8,
+        n_action_steps: int = 8,
+        n_latency_steps: int = 0,
+        fps: int = 10,
+        crf: int = 22,
+        agent_keypoints: bool = False,
+        past_action: bool = False,
+        tqdm_interval_sec: float = 5.0,
+        n_envs: int | None = None,
+        vector_env: str = "sync",
+    ):
+        super().__init__(output_dir)
+        episodes = plan_episodes(
+            n_train, n_train_vis, train_start_seed, n_test, n_test_vis, test_start_seed
+        )
+        kp_kwargs = PushTKeypointsEnv.genenerate_keypoint_manager_params()
+
+        def env_fn() -> MultiStepWrapper:
+            return MultiStepWrapper(
+                VideoRecordingWrapper(
+                    PushTKeypointsEnv(
+                        legacy=legacy_test,
+                        keypoint_visible_rate=keypoint_visible_rate,
+                        agent_keypoints=agent_keypoints,
+                        **kp_kwargs,
+                    ),
+                    # upstream records every step here whatever the fps
+                    video_recorder=VideoRecorder.create_h264(fps=fps, crf=crf),
+                ),
+                n_obs_steps=n_obs_steps + n_latency_steps,
+                n_action_steps=n_action_steps,
+                max_episode_steps=max_steps,
+            )
+
+        self.rollout = VectorRollout(
+            env_fn,
+            n_envs=len(episodes) if n_envs is None else n_envs,
+            episodes=episodes,
+            output_dir=self.output_dir,
+            max_steps=max_steps,
+            vector_env=vector_env,
+            tqdm_interval_sec=tqdm_interval_sec,
+            desc="Eval PushtKeypointsRunner",
+        )
+        self.agent_keypoints = agent_keypoints
+        self.n_obs_steps = n_obs_steps
+        self.n_action_steps = n_action_steps
+        self.n_latency_steps = n_latency_steps
+        self.past_action = past_action
+        self.max_steps = max_steps
+
+    def run(self, policy: BaseLowdimPolicy) -> dict[str, float | str]:
+        """Roll ``policy`` out on every episode; returns upstream's log dict (videos as paths)."""
+
+        def act(obs: np.ndarray, past_action: np.ndarray | None) -> np.ndarray:
+            # obs (B, To + latency, 2 * Do): values then their visibility mask
+            do = obs.shape[-1] // 2
+            obs_dict = {
+                "obs": mx.array(obs[:, : self.n_obs_steps, :do].astype(np.float32)),
+                "obs_mask": mx.array(obs[:, : self.n_obs_steps, do:] > 0.5),
+            }
+            if self.past_action and past_action is not None:
+                obs_dict["past_action"] = mx.array(
+                    past_action[:, past_action.shape[1] - (self.n_obs_steps - 1) :].astype(
+                        np.float32
+                    )
+                )
+            action = np.array(policy.predict_action(obs_dict)["action"])
+            return action[:, self.n_latency_steps :]
+
+        return summarize(self.rollout.run(act, on_batch_start=policy.reset))
+
+    def close(self) -> None:
+        """Shut the envs (and their worker processes) down."""
+        self.rollout.close()

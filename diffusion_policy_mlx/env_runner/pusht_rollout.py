@@ -1,0 +1,156 @@
+"""The rollout loop both PushT runners share: batches of seeded episodes on a vector env.
+
+Upstream copies this loop into each runner; here the runners only say how to build an env and
+how to turn its observations into a policy call.
+"""
+
+import math
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import tqdm
+
+from diffusion_policy_mlx.gym_util.vector_env import make_vector_env
+
+# act(obs, past_action) -> actions (B, Ta, Da); obs is the vector env's batched observation and
+# past_action the previous call's actions in this batch of episodes (None on the first call).
+ActFn = Callable[[Any, np.ndarray | None], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One evaluation episode: its log prefix (``train/``, ``test/``), env seed, video or not."""
+
+    prefix: str
+    seed: int
+    record_video: bool
+
+
+def plan_episodes(
+    n_train: int,
+    n_train_vis: int,
+    train_start_seed: int,
+    n_test: int,
+    n_test_vis: int,
+    test_start_seed: int,
+) -> list[EpisodeSpec]:
+    """Upstream's evaluation plan: ``n_train`` seeds from ``train_start_seed`` (the first
+    ``n_train_vis`` recorded), then ``n_test`` from ``test_start_seed`` (first ``n_test_vis``)."""
+    for name, value in [("n_train", n_train), ("n_test", n_test)]:
+        if value < 0:
+            raise ValueError(f"env_runner.{name} must be >= 0, got {value}")
+    if n_train + n_test == 0:
+        raise ValueError("env_runner has no episodes to run: n_train and n_test are both 0")
+    return [
+        EpisodeSpec("train/", train_start_seed + i, i < n_train_vis) for i in range(n_train)
+    ] + [EpisodeSpec("test/", test_start_seed + i, i < n_test_vis) for i in range(n_test)]
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode left: every step's reward and the video path (if recorded)."""
+
+    spec: EpisodeSpec
+    rewards: list[float]
+    video_path: str | None
+
+
+class VectorRollout:
+    """Runs a list of episodes ``n_envs`` at a time on a vector env of ``env_fn()`` copies.
+
+    Each env must be a :class:`MultiStepWrapper` around a :class:`VideoRecordingWrapper`. Every
+    batch gives each env its seed and video path, resets, then calls ``act`` once per control
+    step for all envs together until every episode is done. The last batch is padded with extra
+    (unrecorded, unreported) episodes so the policy always sees ``n_envs`` rows.
+    """
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        n_envs: int,
+        episodes: Sequence[EpisodeSpec],
+        output_dir: str | Path,
+        max_steps: int,
+        vector_env: str = "sync",
+        tqdm_interval_sec: float = 5.0,
+        desc: str = "Eval",
+    ):
+        if n_envs < 1:
+            raise ValueError(
+                f"env_runner.n_envs must be >= 1 (or null for one env per episode), got {n_envs}"
+            )
+        self.env = make_vector_env([env_fn] * n_envs, kind=vector_env)
+        self.n_envs = n_envs
+        self.episodes = list(episodes)
+        self.media_dir = Path(output_dir) / "media"
+        self.max_steps = max_steps
+        self.tqdm_interval_sec = tqdm_interval_sec
+        self.desc = desc
+
+    def run(self, act: ActFn, on_batch_start: Callable[[], None]) -> list[EpisodeResult]:
+        """Roll every episode out; ``on_batch_start`` runs before each batch (policy reset)."""
+        run_id = uuid.uuid4().hex[:8]
+        n_batches = math.ceil(len(self.episodes) / self.n_envs)
+        results: list[EpisodeResult] = []
+        for batch_idx in range(n_batches):
+            batch = self.episodes[batch_idx * self.n_envs : (batch_idx + 1) * self.n_envs]
+            padding = [EpisodeSpec(batch[0].prefix, batch[0].seed, False)] * (
+                self.n_envs - len(batch)
+            )
+            video_paths = [
+                str(self.media_dir / f"{spec.prefix.rstrip('/')}_{spec.seed}_{run_id}.mp4")
+                if spec.record_video
+                else None
+                for spec in batch + padding
+            ]
+            self.env.set_attr("file_path", video_paths)
+            obs, _ = self.env.reset(seed=[spec.seed for spec in batch + padding])
+            on_batch_start()
+
+            past_action = None
+            done = False
+            with tqdm.tqdm(
+                total=self.max_steps,
+                desc=f"{self.desc} {batch_idx + 1}/{n_batches}",
+                leave=False,
+                mininterval=self.tqdm_interval_sec,
+            ) as pbar:
+                while not done:
+                    action = act(obs, past_action)
+                    obs, _, terminated, truncated, _ = self.env.step(action)
+                    done = bool(np.all(terminated | truncated))
+                    past_action = action
+                    pbar.update(action.shape[1])
+
+            written = self.env.call("stop_recording")
+            rewards = self.env.get_attr("reward")
+            results.extend(
+                EpisodeResult(spec, list(rewards[i]), written[i]) for i, spec in enumerate(batch)
+            )
+        return results
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict[str, float | str]:
+    """Upstream's log: ``<prefix>sim_max_reward_<seed>`` and ``<prefix>sim_video_<seed>`` (mp4
+    path) per episode, then ``<prefix>mean_score``, the mean of the per-episode max rewards."""
+    log: dict[str, float | str] = {}
+    max_rewards: defaultdict[str, list[float]] = defaultdict(list)
+    for result in results:
+        prefix, seed = result.spec.prefix, result.spec.seed
+        max_reward = float(np.max(result.rewards))
+        max_rewards[prefix].append(max_reward)
+        log[f"{prefix}sim_max_reward_{seed}"] = max_reward
+        if result.video_path is not None:
+            log[f"{prefix}sim_video_{seed}"] = result.video_path
+    for prefix, values in max_rewards.items():
+        log[f"{prefix}mean_score"] = float(np.mean(values))
+    return log
