@@ -12,6 +12,7 @@ Coordinates are pixels of the 512x512 canvas, y pointing down. States are
 """
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import gymnasium as gym
@@ -20,7 +21,12 @@ import pymunk
 from gymnasium import spaces
 
 from diffusion_policy_mlx.env.pusht import raster
-from diffusion_policy_mlx.env.pusht.pymunk_override import COLORS, draw_shape, to_pygame
+from diffusion_policy_mlx.env.pusht.pymunk_override import (
+    COLORS,
+    draw_fat_segment,
+    draw_shape,
+    to_pygame,
+)
 
 GOAL_POSE = (256.0, 256.0, np.pi / 4)
 SUCCESS_THRESHOLD = 0.95  # coverage of the goal T needed for success
@@ -78,6 +84,39 @@ def overlap_area(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
 def world_polygons(body: pymunk.Body, shapes: Sequence[pymunk.Poly]) -> list[np.ndarray]:
     """Each poly shape's vertices, ``(N, 2)``, placed in the world by ``body``'s pose."""
     return [np.array([tuple(body.local_to_world(v)) for v in s.get_vertices()]) for s in shapes]
+
+
+@cache
+def _goal_canvas(
+    size: int,
+    goal_pose: tuple[float, float, float],
+    tee: tuple[tuple[tuple[float, float], ...], ...],
+    color: raster.Color,
+) -> np.ndarray:
+    """White canvas with the goal T (the block's local polygons placed at ``goal_pose``)."""
+    body = pymunk.Body(1, pymunk.moment_for_box(1, (50, 100)))
+    body.position = goal_pose[:2]
+    body.angle = goal_pose[2]
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    for verts in tee:
+        points = [to_pygame(body.local_to_world(v)) for v in verts]
+        raster.fill_polygon(canvas, points + [points[0]], color)
+    canvas.setflags(write=False)
+    return canvas
+
+
+@cache
+def _segments_pixels(
+    size: int, segments: tuple[tuple[tuple[float, float], tuple[float, float], float], ...]
+) -> np.ndarray:
+    """Flat indices of the pixels covered by fat segments ``(a, b, radius)``, drawn as upstream
+    draws the walls."""
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    for a, b, radius in segments:
+        draw_fat_segment(canvas, a, b, radius, (255, 255, 255))
+    pixels = np.flatnonzero(canvas[..., 0])
+    pixels.setflags(write=False)
+    return pixels
 
 
 class PushTEnv(gym.Env):
@@ -268,16 +307,16 @@ class PushTEnv(gym.Env):
 
     def _draw_canvas(self) -> np.ndarray:
         """The full-resolution ``(512, 512, 3)`` uint8 scene, drawn as upstream's pygame canvas."""
-        ws = self.window_size
-        canvas = np.full((ws, ws, 3), 255, dtype=np.uint8)
-        goal_body = self._get_goal_pose_body(self.goal_pose)
-        for shape in self.block.shapes:
-            points = [to_pygame(goal_body.local_to_world(v)) for v in shape.get_vertices()]
-            raster.fill_polygon(canvas, points + [points[0]], self.goal_color)
+        goal = tuple(float(v) for v in self.goal_pose)
+        tee = tuple(tuple(map(tuple, s.get_vertices())) for s in self.block.shapes)
+        canvas = _goal_canvas(self.window_size, goal, tee, self.goal_color).copy()
         # Chipmunk's debug draw visits the moving shapes (block, then agent) and then the
-        # static walls; later shapes paint over earlier ones where outlines touch.
-        for shape in self._draw_order:
+        # static walls; later shapes paint over earlier ones where outlines touch. Walls never
+        # move, so their pixels are drawn once and stamped.
+        for shape in self._dynamic_shapes:
             draw_shape(canvas, shape, shape.color)
+        segments = tuple((tuple(w.a), tuple(w.b), w.radius) for w in self._walls)
+        canvas.reshape(-1, 3)[_segments_pixels(self.window_size, segments)] = self._walls[0].color
         # Upstream's pymunk debug draw also marks every contact of the last physics step with a
         # short anti-aliased red line (its default collision-point drawing); the recorded images
         # contain these marks, so they are part of the observation.
@@ -353,7 +392,8 @@ class PushTEnv(gym.Env):
         self.block = self.add_tee((256, 300), 0)
         self.goal_color = COLORS["LightGreen"]
         self.goal_pose = np.array(GOAL_POSE)
-        self._draw_order = [*self.block.shapes, *self.agent.shapes, *walls]
+        self._dynamic_shapes = [*self.block.shapes, *self.agent.shapes]
+        self._walls = walls
 
         self.space.on_collision(0, 0, post_solve=self._handle_collision)
         self.n_contact_points = 0

@@ -38,41 +38,44 @@ def fill_polygon(img: np.ndarray, points: Sequence[tuple[int, int]], color: Colo
     intersections pair up into inclusive spans. Horizontal edges strictly inside the vertical
     range are drawn afterwards, as pygame does.
     """
-    pts = np.asarray(points, dtype=np.int64).reshape(-1, 2)
-    xs, ys = pts[:, 0], pts[:, 1]
-    miny, maxy = int(ys.min()), int(ys.max())
+    pts = [(int(x), int(y)) for x, y in points]
+    ys = [y for _, y in pts]
+    miny, maxy = min(ys), max(ys)
+    xs = [x for x, _ in pts]
     if miny == maxy:
-        _hline(img, int(xs.min()), miny, int(xs.max()), color)
+        _hline(img, min(xs), miny, max(xs), color)
         return
-    xp, yp = np.roll(xs, 1), np.roll(ys, 1)
-    down = yp < ys
-    x1, y1 = np.where(down, xp, xs), np.where(down, yp, ys)
-    x2, y2 = np.where(down, xs, xp), np.where(down, ys, yp)
-    sloped = y1 != y2
-
+    # Edges oriented top to bottom; horizontal ones take no part in the scanline pass.
+    edges = []
+    for (xa, ya), (xb, yb) in zip(pts[-1:] + pts[:-1], pts, strict=True):
+        if ya < yb:
+            edges.append((xa, ya, xb, yb))
+        elif ya > yb:
+            edges.append((xb, yb, xa, ya))
     h, w = img.shape[:2]
     row_lo, row_hi = max(miny, 0), min(maxy, h - 1)
-    if row_lo <= row_hi:
+    col_lo, col_hi = max(min(xs), 0), min(max(xs), w - 1)
+    if row_lo <= row_hi and col_lo <= col_hi:
+        x1, y1, x2, y2 = np.array(edges).T
         rows = np.arange(row_lo, row_hi + 1)[:, None]
-        hit = sloped & (((rows >= y1) & (rows < y2)) | ((rows == maxy) & (y2 == maxy)))
+        hit = ((rows >= y1) & (rows < y2)) | ((rows == maxy) & (y2 == maxy))
         num = (rows - y1) * (x2 - x1)
-        den = np.where(sloped, y2 - y1, 1)
         # C integer division truncates toward zero.
-        xi = x1 + np.sign(num) * (np.abs(num) // den)
+        xi = x1 + np.sign(num) * (np.abs(num) // (y2 - y1))
         xi = np.sort(np.where(hit, xi, np.iinfo(np.int64).max), axis=1)
         n_hit = hit.sum(axis=1)
-        cols = np.arange(w)
-        mask = np.zeros((len(rows), w), dtype=bool)
-        for j in range(0, int(n_hit.max()), 2):
+        # Intersections lie between their edge's end points, so within the columns' bounds.
+        cols = np.arange(col_lo, col_hi + 1)
+        mask = (cols >= xi[:, :1]) & (cols <= xi[:, 1:2])
+        for j in range(2, int(n_hit.max()), 2):
             valid = (j + 1 < n_hit)[:, None]
-            lo, hi = xi[:, j : j + 1], xi[:, j + 1 : j + 2]
-            mask |= valid & (cols >= lo) & (cols <= hi)
-        img[row_lo : row_hi + 1][mask] = color
+            mask |= valid & (cols >= xi[:, j : j + 1]) & (cols <= xi[:, j + 1 : j + 2])
+        img[row_lo : row_hi + 1, col_lo : col_hi + 1][mask] = color
 
-    for i in range(len(xs)):
-        y = int(ys[i])
-        if miny < y < maxy and int(ys[i - 1]) == y:
-            _hline(img, int(xs[i]), y, int(xs[i - 1]), color)
+    for i in range(len(pts)):
+        y = pts[i][1]
+        if miny < y < maxy and pts[i - 1][1] == y:
+            _hline(img, pts[i][0], y, pts[i - 1][0], color)
 
 
 @cache
@@ -82,8 +85,9 @@ def _circle_mask(radius: int) -> np.ndarray:
     mask = np.zeros((2 * radius + 1, 2 * radius + 1), dtype=bool)
     r = radius
 
-    def span(x_lo: int, y: int, x_hi: int) -> None:
-        mask[y + r, x_lo + r : x_hi + r + 1] = True
+    def span(x1: int, y: int, x2: int) -> None:
+        # pygame's horizontal lines accept their ends in either order.
+        mask[y + r, min(x1, x2) + r : max(x1, x2) + r + 1] = True
 
     f, ddf_x, ddf_y, x, y = 1 - radius, 0, -2 * radius, 0, radius
     while x < y:
@@ -221,71 +225,86 @@ def draw_line(
 ) -> None:
     """One segment of ``pygame.draw.lines(surface, color, False, [p1, p2], width)``, pygame <= 2.5.
 
-    A Bresenham walk from ``p1`` that stamps a ``width``-pixel run across the minor axis at every
-    step (horizontal runs for steep lines, vertical runs otherwise), so the ends stay flat.
+    A Bresenham walk from ``p1`` to ``p2`` that stamps a ``width``-pixel run across the minor
+    axis at every point (horizontal runs for steep lines, vertical runs otherwise), so the ends
+    stay flat.
     """
     if width < 1:
         return
     h, w = img.shape[:2]
-    x1, y1 = p1
-    x2, y2 = p2
-    end_x, end_y = x2, y2
-    grow_x = abs(x1 - x2) <= abs(y1 - y2)
-    dx, sx = abs(x2 - x1), 1 if x1 < x2 else -1
-    dy, sy = abs(y2 - y1), 1 if y1 < y2 else -1
-    err = _cdiv(dx if dx > dy else -dy, 2)
-    clipped = _clip_line(x1, y1, x2, y2, w, h)
+    clipped = _clip_line(*p1, *p2, w, h)
     if clipped is None:
         return
-    x1, y1, x2, y2 = clipped
     if width == 1:
-        _thin_line(img, x1, y1, x2, y2, color)
+        _thin_line(img, *clipped, color)
         return
+    (x1, y1), (x2, y2) = p1, p2
+    dx, sx = abs(x2 - x1), 1 if x1 < x2 else -1
+    dy, sy = abs(y2 - y1), 1 if y1 < y2 else -1
+    grow_x = dx <= dy
+    if clipped == (x1, y1, x2, y2):
+        # Unclipped, the walk visits the classic Bresenham points, which have a closed form.
+        if dx > dy:
+            t = np.arange(dx + 1)
+            xs, ys = x1 + sx * t, y1 + sy * ((t * dy + dx - dx // 2 - 1) // dx)
+        else:
+            t = np.arange(dy + 1)
+            xs, ys = x1 + sx * ((t * dx + (dy - 1) // 2) // dy), y1 + sy * t
+    else:
+        xs, ys = _clipped_walk(p1, p2, clipped, width, (w, h))
+    run = np.arange(width) - (width - 1) // 2
+    if grow_x:
+        px, py = xs[:, None] + run, np.broadcast_to(ys[:, None], (len(ys), width))
+    else:
+        px, py = np.broadcast_to(xs[:, None], (len(xs), width)), ys[:, None] + run
+    keep = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    img[py[keep], px[keep]] = color
 
-    def inside(x: int, y: int) -> bool:
-        return 0 <= x < w and 0 <= y < h
 
-    # Each stamp is (x, y, lo, hi): a run from lo to hi across the minor axis.
-    lo = (x1 if grow_x else y1) - (width - 1) // 2
-    hi = (x1 if grow_x else y1) + width // 2
-    stamps = []
+def _clipped_walk(
+    p1: tuple[int, int],
+    p2: tuple[int, int],
+    clipped: tuple[int, int, int, int],
+    width: int,
+    size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """pygame's thick-line walk for a line that crosses the surface border: Bresenham with the
+    whole line's slope and initial error, from the clipped start to the clipped end, then on
+    towards ``p2`` while a run still touches the surface. Returns the visited ``xs, ys``."""
+    w, h = size
+    (ox1, oy1), (end_x, end_y) = p1, p2
+    dx, sx = abs(end_x - ox1), 1 if ox1 < end_x else -1
+    dy, sy = abs(end_y - oy1), 1 if oy1 < end_y else -1
+    grow_x = dx <= dy
+    err = _cdiv(dx if dx > dy else -dy, 2)
+    x, y, x2, y2 = clipped
+    lo, hi = -((width - 1) // 2), width // 2
+    points = []
 
     def advance() -> None:
-        nonlocal err, x1, y1, lo, hi
+        nonlocal err, x, y
         e2 = err
         if e2 > -dx:
             err -= dy
-            x1 += sx
-            if grow_x:
-                lo, hi = lo + sx, hi + sx
+            x += sx
         if e2 < dy:
             err += dx
-            y1 += sy
-            if not grow_x:
-                lo, hi = lo + sy, hi + sy
+            y += sy
 
-    while _sign(x1 - x2, sx) != sx or _sign(y1 - y2, sy) != sy:
-        stamps.append((x1, y1, lo, hi))
+    def run_inside() -> bool:
+        if grow_x:
+            return 0 <= y < h and (0 <= x + lo < w or 0 <= x + hi < w)
+        return 0 <= x < w and (0 <= y + lo < h or 0 <= y + hi < h)
+
+    while _sign(x - x2, sx) != sx or _sign(y - y2, sy) != sy:
+        points.append((x, y))
         advance()
-    if grow_x:
-        while y1 != end_y and (inside(lo, y1) or inside(hi, y1)):
-            stamps.append((x1, y1, lo, hi))
-            advance()
-    else:
-        while x1 != end_x and (inside(x1, lo) or inside(x1, hi)):
-            stamps.append((x1, y1, lo, hi))
-            advance()
-    stamps.append((x1, y1, lo, hi))
-
-    s = np.array(stamps)
-    offsets = np.arange(width)
-    run = s[:, 2:3] + offsets  # (N, width), lo..hi
-    if grow_x:
-        ys, xs = np.broadcast_to(s[:, 1:2], run.shape), run
-    else:
-        ys, xs = run, np.broadcast_to(s[:, 0:1], run.shape)
-    keep = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    img[ys[keep], xs[keep]] = color
+    while (y != end_y if grow_x else x != end_x) and run_inside():
+        points.append((x, y))
+        advance()
+    points.append((x, y))
+    p = np.array(points)
+    return p[:, 0], p[:, 1]
 
 
 def _blend_pixel(img: np.ndarray, x: int, y: int, color: Color, brightness: np.float32) -> None:
@@ -395,8 +414,8 @@ def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     i0[high], f[high] = src - 1, 0.0
     i1 = np.minimum(i0 + 1, src - 1)
     # Each weight is rounded on its own, as OpenCV does; they need not sum to 2048.
-    w0 = np.rint((np.float32(1.0) - f) * np.float32(2048)).astype(np.int64)
-    w1 = np.rint(f * np.float32(2048)).astype(np.int64)
+    w0 = np.rint((np.float32(1.0) - f) * np.float32(2048)).astype(np.int32)
+    w1 = np.rint(f * np.float32(2048)).astype(np.int32)
     return i0, i1, np.stack([w0, w1])
 
 
@@ -409,15 +428,16 @@ def resize_linear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     xi0, xi1, xw = _linear_taps(img.shape[1], width)
     yi0, yi1, yw = _linear_taps(img.shape[0], height)
-    rows = np.unique(np.concatenate([yi0, yi1]))
-    src = np.zeros((img.shape[0],) + (width,) + img.shape[2:], dtype=np.int64)
-    sub = img[rows].astype(np.int64)
-    wx0 = xw[0].reshape((1, -1) + (1,) * (img.ndim - 2))
-    wx1 = xw[1].reshape((1, -1) + (1,) * (img.ndim - 2))
-    src[rows] = sub[:, xi0] * wx0 + sub[:, xi1] * wx1
-    wy0 = yw[0].reshape((-1,) + (1,) * (img.ndim - 1))
-    wy1 = yw[1].reshape((-1,) + (1,) * (img.ndim - 1))
-    out = (((src[yi0] >> 4) * wy0 >> 16) + ((src[yi1] >> 4) * wy1 >> 16) + 2) >> 2
+    # Weights broadcast over the channel axes that follow.
+    tail = (1,) * (img.ndim - 2)
+    wx0, wx1 = xw[0].reshape((1, -1, *tail)), xw[1].reshape((1, -1, *tail))
+    wy0, wy1 = yw[0].reshape((-1, 1, *tail)), yw[1].reshape((-1, 1, *tail))
+
+    def horizontal(rows: np.ndarray) -> np.ndarray:
+        src = img[rows].astype(np.int32)
+        return src[:, xi0] * wx0 + src[:, xi1] * wx1
+
+    out = (((horizontal(yi0) >> 4) * wy0 >> 16) + ((horizontal(yi1) >> 4) * wy1 >> 16) + 2) >> 2
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
