@@ -123,6 +123,7 @@ class VectorRollout:
             ) as pbar:
                 while not done:
                     action = act(obs, past_action)
+                    self._check_action(action)
                     obs, _, terminated, truncated, _ = self.env.step(action)
                     done = bool(np.all(terminated | truncated))
                     past_action = action
@@ -134,6 +135,20 @@ class VectorRollout:
                 EpisodeResult(spec, list(rewards[i]), written[i]) for i, spec in enumerate(batch)
             )
         return results
+
+    def _check_action(self, action: np.ndarray) -> None:
+        action_dim = self.env.single_action_space.shape[-1]
+        if action.ndim != 3 or action.shape[0] != self.n_envs or action.shape[2] != action_dim:
+            raise ValueError(
+                f"the policy's action has shape {action.shape}; the runner needs "
+                f"(n_envs={self.n_envs}, n_action_steps, {action_dim}): check the policy's "
+                "n_action_steps and the task's action dimension"
+            )
+        if action.shape[1] == 0:
+            raise ValueError(
+                "the policy returned no actions to execute (Ta = 0); with n_latency_steps the "
+                "policy must predict n_action_steps + n_latency_steps actions"
+            )
 
     def close(self) -> None:
         self.env.close()

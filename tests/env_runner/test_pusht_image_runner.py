@@ -5,6 +5,7 @@ single PushTImageEnv with the episode's seed; the videos are decoded and compare
 replay's frames.
 """
 
+import mlx.core as mx
 import numpy as np
 import pytest
 from rollout_helpers import RandomImagePolicy, decode_video
@@ -147,3 +148,16 @@ def test_past_action_is_passed(tmp_path):
 def test_no_episodes_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="n_train and n_test"):
         PushTImageRunner(output_dir=tmp_path, n_train=0, n_test=0)
+
+
+def test_wrong_action_shape_is_an_error(tmp_path):
+    class ThreeDimPolicy(RandomImagePolicy):
+        def predict_action(self, obs_dict):
+            result = super().predict_action(obs_dict)
+            return {"action": mx.concatenate([result["action"]] * 2, axis=-1)[..., :3]}
+
+    runner = PushTImageRunner(
+        output_dir=tmp_path, n_train=2, n_train_vis=0, n_test=0, n_test_vis=0, max_steps=8
+    )
+    with pytest.raises(ValueError, match=r"\(n_envs=2, n_action_steps, 2\)"):
+        runner.run(ThreeDimPolicy(n_action_steps=8))

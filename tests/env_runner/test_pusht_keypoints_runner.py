@@ -117,3 +117,20 @@ def test_random_policy_rollout(tmp_path):
     for prefix in ("train/", "test/"):
         expected = np.mean([v for (p, _), v in max_rewards.items() if p == prefix])
         assert log[f"{prefix}mean_score"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_policy_without_the_latency_actions_is_an_error(tmp_path):
+    runner = PushTKeypointsRunner(
+        output_dir=tmp_path,
+        n_train=1,
+        n_train_vis=0,
+        n_test=0,
+        n_test_vis=0,
+        max_steps=8,
+        n_obs_steps=2,
+        n_action_steps=1,
+        n_latency_steps=1,
+        tqdm_interval_sec=0.0,
+    )
+    with pytest.raises(ValueError, match="n_action_steps \\+ n_latency_steps"):
+        runner.run(RandomLowdimPolicy(n_action_steps=1, seed=0))
