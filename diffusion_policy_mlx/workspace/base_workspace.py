@@ -271,7 +271,7 @@ class BaseWorkspace:
         latest = self.get_checkpoint_path()
         resumed = bool(cfg.training.resume) and latest.is_file()
         if resumed:
-            log.info("Resuming from checkpoint %s (epoch %d)", latest, self.epoch)
+            log.info("Resuming from checkpoint %s", latest)
             self.load_checkpoint(path=latest)
             log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
 

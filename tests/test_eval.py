@@ -1,0 +1,150 @@
+"""eval.py on a checkpoint train.py produced: the end-to-end train + eval smoke test."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EVAL = [
+    "task.env_runner.n_train=1",
+    "task.env_runner.n_train_vis=1",
+    "task.env_runner.n_test=2",
+    "task.env_runner.n_test_vis=1",
+    "task.env_runner.max_steps=16",
+]
+
+
+def _load_eval_module():
+    spec = importlib.util.spec_from_file_location("dp_mlx_eval", REPO / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, pusht_zarr) -> Path:
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config-name=train_diffusion_unet_lowdim_workspace",
+            f"task.dataset.zarr_path={pusht_zarr}",
+            f"hydra.run.dir={run_dir}",
+            "policy.model.down_dims=[16,32]",
+            "policy.model.diffusion_step_embed_dim=16",
+            "policy.num_inference_steps=4",
+            "training.debug=True",
+            "dataloader.batch_size=16",
+            "val_dataloader.batch_size=16",
+            "training.rollout_every=1000",  # rollouts are eval.py's job in this test
+            *TINY_EVAL,
+        ],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        check=True,
+        capture_output=True,
+    )
+    return run_dir / "checkpoints" / "latest.ckpt"
+
+
+def test_eval_writes_log_and_videos(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), "-c", str(checkpoint), "-o", str(out), *TINY_EVAL],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = json.loads((out / "eval_log.json").read_text())
+    assert {"test/mean_score", "train/mean_score"} <= log.keys()
+    rewards = [v for k, v in log.items() if k.startswith("test/sim_max_reward_")]
+    assert len(rewards) == 2 and all(0.0 <= r <= 1.0 for r in rewards)
+    assert log["test/mean_score"] == pytest.approx(np.mean(rewards))
+    videos = [v for k, v in log.items() if "sim_video" in k]
+    assert len(videos) == 2 and all(
+        Path(v).is_file() and Path(v).parent == out / "media" for v in videos
+    )
+    assert f"eval log: {out / 'eval_log.json'}" in proc.stdout
+    assert "EMA weights" in proc.stdout
+
+
+def test_eval_rolls_out_the_ema_policy(checkpoint, tmp_path, monkeypatch):
+    # A runner that records what it was given, importable from a throwaway module.
+    (tmp_path / "recording_runner.py").write_text(
+        textwrap.dedent(
+            """
+            from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
+
+            class RecordingRunner(BaseLowdimRunner):
+                seen = []
+
+                def __init__(self, output_dir, **kwargs):
+                    super().__init__(output_dir)
+
+                def run(self, policy):
+                    RecordingRunner.seen.append(policy)
+                    return {"test/mean_score": 0.25}
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eval_module = _load_eval_module()
+    log = eval_module.main(
+        [
+            "-c",
+            str(checkpoint),
+            "-o",
+            str(tmp_path / "out"),
+            "-d",
+            "cpu",
+            "task.env_runner._target_=recording_runner.RecordingRunner",
+        ]
+    )
+    assert log == {"test/mean_score": 0.25}
+    (policy,) = sys.modules["recording_runner"].RecordingRunner.seen
+    assert not policy.training
+    ema = load_checkpoint(checkpoint).group("ema_model")
+    model = load_checkpoint(checkpoint).group("model")
+    params = dict(tree_flatten(policy.parameters()))
+    assert params.keys() == ema.keys()
+    differs = [k for k in ema if not np.array_equal(np.array(ema[k]), np.array(model[k]))]
+    assert differs  # EMA and trained weights differ, so the check below tells them apart
+    for k in ema:
+        np.testing.assert_array_equal(np.array(params[k]), np.array(ema[k]), err_msg=k)
+
+
+def test_eval_refuses_to_overwrite_without_consent(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), "-c", str(checkpoint), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode != 0
+    assert f"{out} exists and is not empty; pass --overwrite" in proc.stderr
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_eval_on_a_damaged_checkpoint_names_the_damage(checkpoint, tmp_path):
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(checkpoint.read_bytes()[:-64])
+    eval_module = _load_eval_module()
+    with pytest.raises(CheckpointError, match=r"damaged\.ckpt is truncated: tensor '.+' ends at"):
+        eval_module.main(["-c", str(damaged), "-o", str(tmp_path / "out")])

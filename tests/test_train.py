@@ -1,0 +1,268 @@
+"""train.py end to end: tiny models, the real PushT data, CPU, rollouts included."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
+from diffusion_policy_mlx.common.json_logger import read_json_log
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "train_diffusion_unet_lowdim_workspace": [
+        "policy.model.down_dims=[16,32]",
+        "policy.model.diffusion_step_embed_dim=16",
+        "policy.num_inference_steps=4",
+    ],
+    "train_diffusion_transformer_lowdim_workspace": [
+        "policy.model.n_layer=1",
+        "policy.model.n_head=2",
+        "policy.model.n_emb=16",
+        "policy.num_inference_steps=4",
+        # upstream's generic config is sized for BlockPush (Ta=1): fewer policy calls for PushT
+        "horizon=10",
+        "n_obs_steps=2",
+        "n_action_steps=8",
+    ],
+    "train_diffusion_unet_hybrid_workspace": [
+        "policy.down_dims=[16,32]",
+        "policy.diffusion_step_embed_dim=16",
+        "policy.num_inference_steps=4",
+        "policy.crop_shape=[48,48]",
+    ],
+    "train_diffusion_unet_image_workspace": [
+        "policy.down_dims=[16,32]",
+        "policy.diffusion_step_embed_dim=16",
+        "policy.num_inference_steps=4",
+        "policy.obs_encoder.crop_shape=[48,48]",
+    ],
+    "train_diffusion_transformer_hybrid_workspace": [
+        "policy.n_layer=1",
+        "policy.n_head=2",
+        "policy.n_emb=16",
+        "policy.num_inference_steps=4",
+        "policy.crop_shape=[48,48]",
+    ],
+}
+SMALL_RUN = [
+    "training.debug=True",
+    "dataloader.batch_size=4",
+    "val_dataloader.batch_size=4",
+    "dataloader.num_workers=1",
+    "val_dataloader.num_workers=1",
+    "task.env_runner.n_train=1",
+    "task.env_runner.n_train_vis=1",
+    "task.env_runner.n_test=1",
+    "task.env_runner.n_test_vis=1",
+    "task.env_runner.max_steps=16",
+]
+
+
+def task_of(name: str) -> str:
+    return "pusht_lowdim" if "lowdim" in name else "pusht_image"
+
+
+def train_args(name: str, run_dir: Path, zarr: Path, *extra: str) -> list[str]:
+    return [
+        f"--config-name={name}",
+        f"task={task_of(name)}",
+        f"task.dataset.zarr_path={zarr}",
+        f"hydra.run.dir={run_dir}",
+        *TINY[name],
+        *SMALL_RUN,
+        *extra,
+    ]
+
+
+def run_train(args: list[str], check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "disabled", **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc
+
+
+def check_debug_run(run_dir: Path, name: str) -> None:
+    """What a ``training.debug=True`` run (2 epochs of 3 steps, all evals) leaves behind."""
+    logs = read_json_log(run_dir / "logs.json.txt")
+    assert [r["global_step"] for r in logs] == list(range(6))
+    assert [r["epoch"] for r in logs] == [0, 0, 0, 1, 1, 1]
+    lrs = [r["lr"] for r in logs]
+    assert lrs == sorted(lrs) and lrs[0] > 0  # linear warmup, stepped per batch
+    for end_of_epoch in (logs[2], logs[5]):
+        assert {"val_loss", "train_action_mse_error", "test/mean_score", "train/mean_score"} <= (
+            end_of_epoch.keys()
+        )
+        assert 0.0 <= end_of_epoch["test/mean_score"] <= 1.0
+        assert end_of_epoch["val_loss"] > 0
+
+    ckpt_dir = run_dir / "checkpoints"
+    names = sorted(p.name for p in ckpt_dir.iterdir())
+    assert "latest.ckpt" in names
+    topk = [n for n in names if n != "latest.ckpt"]
+    assert len(topk) == 2, names
+    for epoch, fname in enumerate(topk):
+        match = re.fullmatch(r"epoch=(\d{4})-test_mean_score=(\d\.\d{3})\.ckpt", fname)
+        assert match and int(match[1]) == epoch
+        score = logs[3 * epoch + 2]["test/mean_score"]
+        assert float(match[2]) == pytest.approx(score, abs=5e-4)
+
+    latest = load_checkpoint(ckpt_dir / "latest.ckpt")
+    assert (latest.state["epoch"], latest.state["global_step"]) == (2, 6)
+    assert latest.cfg.name == name.removesuffix("_workspace")
+    assert any(k.startswith("ema_model.") for k in latest.tensors)
+    assert any(k.startswith("optimizer.") for k in latest.tensors)
+    videos = sorted((run_dir / "media").glob("*.mp4"))
+    assert len(videos) == 4 and all(v.stat().st_size > 0 for v in videos)
+
+
+@pytest.fixture(scope="module")
+def lowdim_run(tmp_path_factory, pusht_zarr) -> Path:
+    """One tiny U-Net lowdim debug run, shared by the fast tests below."""
+    run_dir = tmp_path_factory.mktemp("lowdim") / "run"
+    run_train(train_args("train_diffusion_unet_lowdim_workspace", run_dir, pusht_zarr))
+    return run_dir
+
+
+def test_unet_lowdim_trains_with_rollouts(lowdim_run):
+    check_debug_run(lowdim_run, "train_diffusion_unet_lowdim_workspace")
+    log_text = (lowdim_run / "train.log").read_text()
+    assert "Resuming" not in log_text
+
+
+def test_resume_into_a_different_config_names_the_keys(lowdim_run, tmp_path, pusht_zarr):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lowdim_run, run_dir)
+    args = train_args("train_diffusion_unet_lowdim_workspace", run_dir, pusht_zarr)
+    proc = run_train([*args, "policy.model.down_dims=[16,64]"], check=False)
+    assert proc.returncode != 0
+    assert "was written by a different configuration" in proc.stderr
+    assert "policy.model.down_dims: [16, 32] -> [16, 64]" in proc.stderr
+    assert (
+        "model.down_modules.1.0.blocks.0.block.0.weight: checkpoint (32, 5, 16) vs model (64, 5, 16)"
+        in proc.stderr
+    )
+
+
+def test_damaged_latest_checkpoint_stops_the_run(lowdim_run, tmp_path, pusht_zarr):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lowdim_run, run_dir)
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    damaged = latest.read_bytes()[:-1000]
+    latest.write_bytes(damaged)
+    args = train_args("train_diffusion_unet_lowdim_workspace", run_dir, pusht_zarr)
+    proc = run_train(args, check=False)
+    assert proc.returncode != 0
+    assert f"checkpoint {latest} is truncated" in proc.stderr
+    assert latest.read_bytes() == damaged  # nothing already written is lost
+
+
+def test_unknown_target_fails_before_any_work(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    bad = "task.env_runner._target_=diffusion_policy_mlx.env_runner.no_such_runner.Runner"
+    proc = run_train([*train_args(name, tmp_path / "run", pusht_zarr), bad], check=False)
+    assert proc.returncode != 0
+    assert "task.env_runner._target_" in proc.stderr and "no_such_runner does not exist" in (
+        proc.stderr
+    )
+    assert not (tmp_path / "run" / "logs.json.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TINY if n != "train_diffusion_unet_lowdim_workspace"])
+def test_each_workspace_trains_with_rollouts(tmp_path, pusht_zarr, name):
+    run_train(train_args(name, tmp_path / "run", pusht_zarr))
+    check_debug_run(tmp_path / "run", name)
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_separate_runs(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    args = train_args(name, tmp_path / "unused", pusht_zarr)
+    run_train(["-m", *args, "training.seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    seeds = []
+    for run_dir in runs:
+        check_debug_run(run_dir, name)
+        seeds.append(load_checkpoint(run_dir / "checkpoints" / "latest.ckpt").cfg.training.seed)
+    assert seeds == [1, 2]
+    first, second = (read_json_log(r / "logs.json.txt")[0]["train_loss"] for r in runs)
+    assert first != second
+    assert (tmp_path / "sweep" / "multirun.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TINY))
+def test_upstream_yaml_runs_unmodified(tmp_path, pusht_zarr, upstream_config_dir, name):
+    run_dir = tmp_path / "run"
+    run_train(["--config-dir", str(upstream_config_dir), *train_args(name, run_dir, pusht_zarr)])
+    check_debug_run(run_dir, name)
+    cfg = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt").cfg
+    # upstream's own file was used (ours says "gpu"), with its targets mapped to this package
+    assert cfg.training.device == "cuda:0"
+    assert cfg._target_.startswith("diffusion_policy_mlx.workspace.")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_the_same_run(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    n_epochs = 24
+    extra = [
+        "training.debug=False",
+        f"training.num_epochs={n_epochs}",
+        "training.max_train_steps=3",
+        "training.max_val_steps=1",
+        "training.checkpoint_every=1",
+        "training.rollout_every=1000",
+        "training.sample_every=1000",
+        "training.lr_warmup_steps=10",
+    ]
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    run_train(train_args(name, reference, pusht_zarr, *extra))
+
+    args = train_args(name, interrupted, pusht_zarr, *extra)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log_path = interrupted / "logs.json.txt"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log_path.exists() and any(r["epoch"] >= 4 for r in read_json_log(log_path)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(interrupted / "checkpoints" / "latest.ckpt").state
+    assert 0 < killed_at["epoch"] < n_epochs
+
+    resumed = run_train(args)
+    assert "Resuming from checkpoint" in resumed.stderr + (interrupted / "train.log").read_text()
+    want, got = read_json_log(reference / "logs.json.txt"), read_json_log(log_path)
+    assert [r["global_step"] for r in got] == list(range(n_epochs * 3))
+    for a, b in zip(want, got, strict=True):
+        assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)
+        # same batches, same noise, same weights: the resumed run is the uninterrupted one
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5, abs=1e-7)
+    final = load_checkpoint(interrupted / "checkpoints" / "latest.ckpt").state
+    assert (final["epoch"], final["global_step"]) == (n_epochs, n_epochs * 3)
