@@ -6,12 +6,18 @@ The paper's main image policy: upstream builds its observation encoder through r
 those of :class:`DiffusionUnetImagePolicy`.
 """
 
+import logging
 from collections.abc import Sequence
 from typing import Any
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
 from diffusion_policy_mlx.policy.diffusion_common import NoiseScheduler
 from diffusion_policy_mlx.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
+
+logger = logging.getLogger(__name__)
 
 
 class DiffusionUnetHybridImagePolicy(DiffusionUnetImagePolicy):
@@ -64,3 +70,9 @@ class DiffusionUnetHybridImagePolicy(DiffusionUnetImagePolicy):
             cond_predict_scale=cond_predict_scale,
             **kwargs,
         )
+        logger.info("Diffusion params: %e", _count(self.model))
+        logger.info("Vision params: %e", _count(self.obs_encoder))
+
+
+def _count(module: nn.Module) -> int:
+    return sum(v.size for _, v in tree_flatten(module.parameters()))
