@@ -6,7 +6,8 @@
         --config-name train_diffusion_unet_lowdim_workspace task=pusht_lowdim
 
 Runs are written to ``outputs/<date>/<time>_<name>_<task>/`` (multirun: one numbered folder
-per job). Upstream configs work unmodified: their ``_target_`` s map to this package.
+per job). Upstream configs work unmodified: their ``_target_`` s map to this package, and a
+``--config-dir`` replaces ``config/`` as the folder configs are read from.
 """
 
 import sys
@@ -23,7 +24,21 @@ sys.stdout.reconfigure(line_buffering=True)
 sys.stderr.reconfigure(line_buffering=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "config"), config_name=None)
+def config_path(argv: list[str]) -> str | None:
+    """``config/`` next to this file, unless ``--config-dir``/``-cd`` names the config folder.
+
+    Hydra searches a ``--config-dir`` only after the primary folder, so our files would shadow
+    same-named ones there (upstream's unmodified YAML); the folder given on the command line
+    therefore replaces ``config/``. To add a folder of extra configs (e.g. more tasks) on top of
+    ours, use ``hydra.searchpath=[file://DIR]`` instead.
+    """
+    for arg in argv:
+        if arg in ("--config-dir", "-cd") or arg.startswith(("--config-dir=", "-cd=")):
+            return None
+    return str(Path(__file__).parent / "config")
+
+
+@hydra.main(version_base="1.3", config_path=config_path(sys.argv[1:]), config_name=None)
 def main(cfg: DictConfig) -> None:
     # Resolve at once, so every ${now:...} in the config gives the same time.
     OmegaConf.resolve(cfg)
