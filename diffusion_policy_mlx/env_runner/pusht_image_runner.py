@@ -26,7 +26,10 @@ class PushTImageRunner(BaseImageRunner):
     ``output_dir/media/*.mp4``. ``legacy_test`` applies to every episode, as upstream.
 
     ``vector_env`` (not upstream's): ``"sync"`` steps the envs in this process, ``"async"`` in
-    one worker process each.
+    one worker process each. Sync is the default: on a 2-core machine async gained nothing
+    (``benchmarks/bench_rollout.py``; on CPU ``predict_action`` takes ~99% of a control step)
+    and costs seconds of start-up. Async pays on many cores when the policy is fast (GPU) and
+    env steps add up (many image envs).
     """
 
     def __init__(
