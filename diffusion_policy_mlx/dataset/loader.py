@@ -10,6 +10,7 @@ Each pass over the loader uses the next epoch; :meth:`DataLoader.set_epoch` pick
 the next pass, so a run resumed at epoch ``e`` sees exactly the batches it would have seen.
 """
 
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,8 @@ class DataLoader:
             package's datasets are fetched a whole batch at a time through ``__getitems__``.
         batch_size: samples per batch ``B``.
         shuffle: visit samples in a fresh random order every epoch.
-        num_workers: background threads preparing batches; 0 prepares them in the caller.
+        num_workers: background threads preparing batches (capped at the usable CPU cores); 0
+            prepares them in the caller.
         pin_memory: accepted for upstream configs; MLX has no pinned host memory to request.
         persistent_workers: accepted for upstream configs; threads cost nothing to restart.
         drop_last: drop the last batch when it is smaller than ``batch_size``.
@@ -74,6 +76,13 @@ class DataLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def n_threads(self) -> int:
+        """Worker threads used: ``num_workers``, at most one per CPU core this process may use
+        (more cannot gather faster, and each holds ``prefetch_factor`` batches in memory)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(self.num_workers, cores or 1))
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the loader epoch ``epoch`` (its shuffle order)."""
         self.epoch = epoch
@@ -103,10 +112,11 @@ class DataLoader:
             for indices in batches:
                 yield self.load_batch(indices)
             return
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="DataLoader")
+        threads = self.n_threads
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="DataLoader")
         try:
             todo = iter(batches)
-            ahead = islice(todo, self.num_workers * self.prefetch_factor)
+            ahead = islice(todo, threads * self.prefetch_factor)
             pending: deque[Future] = deque(pool.submit(self.load_batch, i) for i in ahead)
             while pending:
                 batch = pending.popleft().result()

@@ -1,5 +1,6 @@
 """DataLoader: upstream's config keys, deterministic shuffles, resumable epochs, background threads."""
 
+import os
 import threading
 
 import mlx.core as mx
@@ -110,6 +111,15 @@ def test_work_happens_in_background_threads():
     data = Numbered(20)
     list(DataLoader(data, batch_size=4, num_workers=0))
     assert data.threads == {threading.current_thread().name}
+
+
+def test_threads_are_capped_at_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert DataLoader(Numbered(4), num_workers=10_000).n_threads == cores
+    assert DataLoader(Numbered(4), num_workers=1).n_threads == 1
+    data = Numbered(400)
+    list(DataLoader(data, batch_size=2, num_workers=10_000))
+    assert 1 <= len(data.threads) <= cores
 
 
 def test_worker_error_reaches_the_caller_and_early_stop_is_clean():
