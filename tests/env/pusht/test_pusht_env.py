@@ -198,7 +198,7 @@ def test_all_recorded_episodes_replay_and_render(pusht_zarr):
     """All 206 episodes: replay within 1 px of the recorded states; every 4th replayed frame
     renders like the recorded image (mean absolute difference below 1/255)."""
     z = zarr.open(pusht_zarr, mode="r")
-    n_episodes = len(z["meta"]["episode_ends"])
+    n_episodes = z["meta"]["episode_ends"].shape[0]
     worst_pos, worst_mad, n_frames, n_exact = 0.0, 0.0, 0, 0
     for e in range(n_episodes):
         data = episode(z, e)
