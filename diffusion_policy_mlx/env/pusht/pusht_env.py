@@ -8,7 +8,7 @@ precision.
 
 Coordinates are pixels of the 512x512 canvas, y pointing down. States are
 ``(agent_x, agent_y, block_x, block_y, block_angle)``, where the block position is its body origin
-(the middle of the T's crossbar bottom edge), not its centre of gravity.
+(the middle of the crossbar's outer edge), not its centre of gravity.
 """
 
 from collections.abc import Sequence

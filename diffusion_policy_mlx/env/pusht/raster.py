@@ -4,9 +4,11 @@ Upstream draws its 512x512 canvas with pygame (<= 2.5) and shrinks it with ``cv2
 (INTER_LINEAR). The recorded dataset's images come from exactly those calls, so a policy trained on
 them expects their pixels. pygame 2.6 changed its polygon fill (floating-point edge intersections),
 which moves edge pixels, so depending on pygame would mean pinning an old release. These functions
-reproduce the integer algorithms of pygame 2.1-2.5 (``draw.polygon``, ``draw.lines`` with width,
-``draw.circle`` filled) and OpenCV's fixed-point bilinear resize instead; the tests check them
-against frames rendered by the upstream stack.
+reproduce the algorithms of pygame 2.1-2.5 (``draw.polygon``, ``draw.lines`` with width,
+``draw.circle`` filled, the blended ``draw.aaline``), OpenCV's fixed-point bilinear resize and its
+marker and filled circle instead. Checked against frames rendered by the upstream stack (the
+fixture canvas and the recorded dataset's images, bit for bit) and, during development, against
+thousands of random primitives drawn by pygame 2.1.3 and 2.5.2.
 
 Images are ``(H, W, 3)`` uint8 arrays, indexed ``img[y, x]``; points are integer ``(x, y)``.
 """
