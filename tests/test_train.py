@@ -171,6 +171,21 @@ def test_damaged_latest_checkpoint_stops_the_run(lowdim_run, tmp_path, pusht_zar
     assert latest.read_bytes() == damaged  # nothing already written is lost
 
 
+def test_final_epoch_is_checkpointed_whatever_checkpoint_every(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    extra = ["training.debug=False", "training.num_epochs=4", "training.max_train_steps=2"]
+    extra += ["training.max_val_steps=1", "training.checkpoint_every=2"]
+    run_train(train_args(name, tmp_path / "run", pusht_zarr, *extra))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    # epoch 0: latest + top-k (rollouts run at epoch 0 only); epoch 2: latest (no score to rank);
+    # epoch 3, the last, is not a multiple of checkpoint_every but still saved
+    assert sorted(p.name for p in ckpt_dir.iterdir())[0].startswith("epoch=0000-")
+    assert len(list(ckpt_dir.iterdir())) == 2
+    assert load_checkpoint(ckpt_dir / "latest.ckpt").state["epoch"] == 4
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "epoch 2: checkpoint.topk.monitor_key=test_mean_score was not logged" in log_text
+
+
 def test_unknown_target_fails_before_any_work(tmp_path, pusht_zarr):
     name = "train_diffusion_unet_lowdim_workspace"
     bad = "task.env_runner._target_=diffusion_policy_mlx.env_runner.no_such_runner.Runner"

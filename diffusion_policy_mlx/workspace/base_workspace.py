@@ -277,12 +277,12 @@ class BaseWorkspace:
 
         dataset = hydra.utils.instantiate(cfg.task.dataset)
         _require_type(dataset, self.dataset_type, "task.dataset")
-        train_dataloader = DataLoader(dataset, **_loader_kwargs(cfg.dataloader, cfg.training.seed))
-        normalizer = dataset.get_normalizer()
-        val_dataset = dataset.get_validation_dataset()
-        val_dataloader = DataLoader(
-            val_dataset, **_loader_kwargs(cfg.val_dataloader, cfg.training.seed)
+        train_loader = DataLoader(dataset, **_loader_kwargs(cfg.dataloader, cfg.training.seed))
+        val_loader = DataLoader(
+            dataset.get_validation_dataset(),
+            **_loader_kwargs(cfg.val_dataloader, cfg.training.seed),
         )
+        normalizer = dataset.get_normalizer()
         self.model.set_normalizer(normalizer)
         if self.ema_model is not None:
             self.ema_model.set_normalizer(normalizer)
@@ -292,13 +292,12 @@ class BaseWorkspace:
             cfg.training.lr_scheduler,
             optimizer=self.optimizer,
             num_warmup_steps=cfg.training.lr_warmup_steps,
-            num_training_steps=(len(train_dataloader) * cfg.training.num_epochs) // accumulate,
+            num_training_steps=(len(train_loader) * cfg.training.num_epochs) // accumulate,
             # optimizer updates done so far; the schedule resumes where it stopped
             last_epoch=self.global_step // accumulate - 1,
         )
         env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir))
         _require_type(env_runner, self.runner_type, "task.env_runner")
-
         topk_manager = TopKCheckpointManager(
             save_dir=self.output_dir / "checkpoints", **cfg.checkpoint.topk
         )
@@ -314,6 +313,7 @@ class BaseWorkspace:
                 cfg.training.checkpoint_every = 1
                 cfg.training.val_every = 1
                 cfg.training.sample_every = 1
+        training = cfg.training
 
         self.policy_train_mode()
         train_step = TrainStep(self.model, self.optimizer, accumulate)
@@ -322,69 +322,27 @@ class BaseWorkspace:
             inputs=[self.model.state, mx.random.state],
             outputs=[mx.random.state],
         )
-        wandb_run = init_wandb(cfg, self.output_dir)
-        log_path = self.output_dir / "logs.json.txt"
         # The first batch of epoch 0, also after a resume, so the metric means the same thing.
-        train_sampling_batch = train_dataloader.load_batch(train_dataloader.batch_indices(0)[0])
-        warned_topk = False
-        training = cfg.training
+        sampling_batch = train_loader.load_batch(train_loader.batch_indices(0)[0])
+        wandb_run = init_wandb(cfg, self.output_dir)
+        resume_step = self.global_step if resumed else None
         try:
-            with JsonLogger(log_path, resume_step=self.global_step if resumed else None) as logger:
+            with JsonLogger(self.output_dir / "logs.json.txt", resume_step=resume_step) as logger:
                 while self.epoch < training.num_epochs:
-                    step_log: dict[str, Any] = {}
-                    # ========= train for this epoch ==========
-                    train_dataloader.set_epoch(self.epoch)
-                    n_batches = len(train_dataloader)
-                    if training.max_train_steps is not None:
-                        n_batches = min(n_batches, training.max_train_steps)
-                    train_losses = []
-                    with tqdm.tqdm(
-                        train_dataloader,
-                        total=n_batches,
-                        desc=f"Training epoch {self.epoch}",
-                        leave=False,
-                        mininterval=training.tqdm_interval_sec,
-                    ) as tepoch:
-                        for batch_idx, batch in enumerate(tepoch):
-                            loss, stepped = train_step(batch)
-                            if stepped:
-                                lr_scheduler.step()
-                            if self.ema is not None:
-                                self.ema.step(self.model)
-                            ema_params = [] if self.ema is None else self.ema_model.parameters()
-                            mx.eval(loss, train_step.state, ema_params)
-                            raw_loss = loss.item()
-                            tepoch.set_postfix(loss=raw_loss, refresh=False)
-                            train_losses.append(raw_loss)
-                            step_log = {
-                                "train_loss": raw_loss,
-                                "global_step": self.global_step,
-                                "epoch": self.epoch,
-                                "lr": lr_scheduler.get_last_lr()[0],
-                            }
-                            if batch_idx == n_batches - 1:
-                                # the epoch's last step is logged with the evaluations below
-                                break
-                            wandb_run.log(step_log, step=self.global_step)
-                            logger.log(step_log)
-                            self.global_step += 1
-
-                    # replace the last step's loss with the epoch average
-                    step_log["train_loss"] = float(np.mean(train_losses))
-
+                    step_log = self._train_epoch(
+                        train_loader, train_step, lr_scheduler, training, wandb_run, logger
+                    )
                     # ========= eval for this epoch ==========
                     policy = self.ema_model if self.ema_model is not None else self.model
                     policy.eval()
                     if self.epoch % training.rollout_every == 0:
                         step_log.update(env_runner.run(policy))
-
                     if self.epoch % training.val_every == 0:
-                        val_loss = self._validation_loss(val_dataloader, val_loss_fn, training)
+                        val_loss = self._validation_loss(val_loader, val_loss_fn, training)
                         if val_loss is not None:
                             step_log["val_loss"] = val_loss
-
                     if self.epoch % training.sample_every == 0:
-                        mse = self.sample_action_mse(policy, train_sampling_batch)
+                        mse = self.sample_action_mse(policy, sampling_batch)
                         step_log["train_action_mse_error"] = mse.item()
                     self.policy_train_mode()
 
@@ -393,31 +351,85 @@ class BaseWorkspace:
                     completed_epoch = self.epoch
                     self.global_step += 1
                     self.epoch += 1
-
-                    # ========= checkpoint ==========
                     # Saved after the counters advance: a resumed run starts at the next epoch.
                     if completed_epoch % training.checkpoint_every == 0:
-                        metrics = {k.replace("/", "_"): v for k, v in step_log.items()}
-                        if topk_manager.monitor_key not in metrics:
-                            if not warned_topk:
-                                log.warning(
-                                    "checkpoint.topk.monitor_key=%s is not logged at epoch %d "
-                                    "(rollouts run every %d epochs); only latest.ckpt is kept then",
-                                    topk_manager.monitor_key,
-                                    completed_epoch,
-                                    training.rollout_every,
-                                )
-                                warned_topk = True
-                            topk_path = None
-                        else:
-                            topk_path = topk_manager.get_ckpt_path(metrics)
-                        self.topk_state = topk_manager.state_dict()
-                        if cfg.checkpoint.save_last_ckpt:
-                            self.save_checkpoint()
-                        if topk_path is not None:
-                            self.save_checkpoint(path=topk_path)
+                        self._checkpoint(cfg, topk_manager, step_log)
+                    elif self.epoch == training.num_epochs and cfg.checkpoint.save_last_ckpt:
+                        # Unlike upstream, the final weights are never lost to checkpoint_every.
+                        self.save_checkpoint()
         finally:
             wandb_run.finish()
+
+    def _train_epoch(
+        self,
+        loader: DataLoader,
+        train_step: TrainStep,
+        lr_scheduler: Any,
+        training: DictConfig,
+        wandb_run: Any,
+        logger: JsonLogger,
+    ) -> dict[str, Any]:
+        """One epoch of training steps; returns the last step's log with the epoch-mean loss."""
+        loader.set_epoch(self.epoch)
+        n_batches = len(loader)
+        if training.max_train_steps is not None:
+            n_batches = min(n_batches, training.max_train_steps)
+        losses = []
+        step_log: dict[str, Any] = {}
+        with tqdm.tqdm(
+            loader,
+            total=n_batches,
+            desc=f"Training epoch {self.epoch}",
+            leave=False,
+            mininterval=training.tqdm_interval_sec,
+        ) as tepoch:
+            for batch_idx, batch in enumerate(tepoch):
+                loss, stepped = train_step(batch)
+                if stepped:
+                    lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.step(self.model)
+                ema_params = [] if self.ema_model is None else self.ema_model.parameters()
+                mx.eval(loss, train_step.state, ema_params)
+                raw_loss = loss.item()
+                tepoch.set_postfix(loss=raw_loss, refresh=False)
+                losses.append(raw_loss)
+                step_log = {
+                    "train_loss": raw_loss,
+                    "global_step": self.global_step,
+                    "epoch": self.epoch,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                }
+                if batch_idx == n_batches - 1:
+                    # the epoch's last step is logged together with its evaluations
+                    break
+                wandb_run.log(step_log, step=self.global_step)
+                logger.log(step_log)
+                self.global_step += 1
+        step_log["train_loss"] = float(np.mean(losses))
+        return step_log
+
+    def _checkpoint(
+        self, cfg: DictConfig, topk_manager: TopKCheckpointManager, step_log: dict[str, Any]
+    ) -> None:
+        """Save latest.ckpt and, when the monitored metric makes the top k, a top-k copy."""
+        metrics = {k.replace("/", "_"): v for k, v in step_log.items()}
+        topk_path = None
+        if topk_manager.monitor_key in metrics:
+            topk_path = topk_manager.get_ckpt_path(metrics)
+        else:
+            log.warning(
+                "epoch %d: checkpoint.topk.monitor_key=%s was not logged (rollouts run every %d "
+                "epochs), so only latest.ckpt is saved",
+                metrics["epoch"],
+                topk_manager.monitor_key,
+                cfg.training.rollout_every,
+            )
+        self.topk_state = topk_manager.state_dict()
+        if cfg.checkpoint.save_last_ckpt:
+            self.save_checkpoint()
+        if topk_path is not None:
+            self.save_checkpoint(path=topk_path)
 
     def _validation_loss(
         self, loader: DataLoader, loss_fn: Any, training: DictConfig
@@ -428,7 +440,6 @@ class BaseWorkspace:
         if n_batches == 0:
             return None
         losses = []
-        loader.set_epoch(self.epoch)
         with tqdm.tqdm(
             loader,
             total=n_batches,
