@@ -22,7 +22,7 @@ Measured (compiled step, config batch sizes and workers; loader rate with the co
 | machine | task | loader | step | loader / step | loop waits |
 | --- | --- | --- | --- | --- | --- |
 | 2-core x86 CPU (shared, busy) | lowdim | 1136 batch/s | 38.4 s | 0.002 % | 0.0 % |
-| 2-core x86 CPU (shared, busy) | image | 2.4 batch/s | 53.1 s | 0.8 % | 0.03 % |
+| 2-core x86 CPU (shared, busy) | image | 6.3 batch/s | 53.1 s | 0.3 % | 0.03 % |
 | H100, 16 cores (synthetic zarr) | lowdim | 2128 batch/s | 33.1 ms | 1.4 % | 0.3 % |
 | H100, 16 cores (synthetic zarr) | image | 23.1 batch/s | 105 ms | 41 % | 0.1 % |
 
