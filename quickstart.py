@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 RECORDED = REPO / "data/pusht/pusht_cchi_v7_replay.zarr"
-GENERATED = REPO / "data/pusht/pusht_scripted_demos.zarr"
+GENERATED = REPO / "data/pusht/pusht_expert_replay.zarr"
 
 
 def run(cmd: list[str]) -> None:
