@@ -29,6 +29,7 @@ import numpy as np
 import tqdm
 import wandb
 from hydra.core.hydra_config import HydraConfig
+from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_policy_mlx.common import checkpoint_util
@@ -56,15 +57,24 @@ CHECKPOINT_CONFIG_KEYS = (*checkpoint_util.STRUCTURAL_KEYS, "training.use_ema")
 
 
 class TrainStep:
-    """One training step, ``mx.compile``d over the model's, optimizer's and RNG's state.
+    """One training step, ``mx.compile``d over the model's, optimizer's, EMA's and RNG's state.
 
-    With ``gradient_accumulate_every == n``, gradients of ``n`` consecutive batches (each
-    scaled by ``1/n``, as upstream divides the loss) are summed and applied together on the
-    ``n``-th; otherwise loss, gradients and the AdamW update are one compiled call.
+    Loss, gradients, the AdamW update and the EMA update are one compiled call, evaluated once
+    per step by the caller. With ``gradient_accumulate_every == n``, gradients of ``n``
+    consecutive batches (each scaled by ``1/n``, as upstream divides the loss) are summed and
+    applied together on the ``n``-th; the EMA still follows every batch, as upstream's does.
+
+    The EMA update is :class:`EMAModel`'s: its decay schedule and counter stay on ``ema``
+    (the decay enters the compiled function as an input), parameters frozen in the trained
+    model and BatchNorm parameters are copied, all others averaged.
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: optim.Optimizer, gradient_accumulate_every: int
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        gradient_accumulate_every: int,
+        ema: EMAModel | None = None,
     ):
         if gradient_accumulate_every < 1:
             raise ValueError(
@@ -72,18 +82,41 @@ class TrainStep:
             )
         self.model = model
         self.optimizer = optimizer
+        self.ema = ema
         self.accumulate = gradient_accumulate_every
         self.pending: dict | None = None
         self.n_pending = 0
         # Initialize now so the state tree captured below already holds every moment buffer.
         optimizer.init(model.trainable_parameters())
-        self.state = [model.state, optimizer.state, mx.random.state]
+        ema_state = [] if ema is None else [ema.averaged_model.state]
+        self.state = [model.state, optimizer.state, mx.random.state, *ema_state]
         loss_and_grad = nn.value_and_grad(model, model.compute_loss)
         scale = 1.0 / gradient_accumulate_every
+        copied = set() if ema is None else _ema_copied_keys(model)
 
-        def fused(batch: dict) -> mx.array:
+        def ema_update(decay: mx.array) -> None:
+            if ema is None:
+                return
+            new = dict(tree_flatten(model.parameters()))
+            averaged = dict(tree_flatten(ema.averaged_model.parameters()))
+            ema.averaged_model.update(
+                tree_unflatten(
+                    [
+                        (
+                            k,
+                            v.astype(averaged[k].dtype)
+                            if k in copied
+                            else averaged[k] * decay + v.astype(averaged[k].dtype) * (1 - decay),
+                        )
+                        for k, v in new.items()
+                    ]
+                )
+            )
+
+        def fused(batch: dict, decay: mx.array) -> mx.array:
             loss, grads = loss_and_grad(batch)
             optimizer.update(model, grads)
+            ema_update(decay)
             return loss
 
         def grads_only(batch: dict) -> tuple[mx.array, dict]:
@@ -98,11 +131,19 @@ class TrainStep:
         model_state = [model.state, mx.random.state]
         self.grads_only = mx.compile(grads_only, inputs=model_state, outputs=model_state)
         self.apply = mx.compile(apply, inputs=self.state, outputs=self.state)
+        self.ema_update = mx.compile(ema_update, inputs=self.state, outputs=self.state)
+
+    def _next_decay(self) -> mx.array:
+        if self.ema is None:
+            return mx.array(0.0)
+        self.ema.decay = self.ema.get_decay(self.ema.optimization_step)
+        self.ema.optimization_step += 1
+        return mx.array(self.ema.decay, mx.float32)
 
     def __call__(self, batch: dict) -> tuple[mx.array, bool]:
         """Train on ``batch``; returns the (lazy) loss and whether the optimizer stepped."""
         if self.accumulate == 1:
-            return self.fused(batch), True
+            return self.fused(batch, self._next_decay()), True
         loss, grads = self.grads_only(batch)
         self.pending = (
             grads
@@ -110,11 +151,27 @@ class TrainStep:
             else nn.utils.tree_map(lambda a, b: a + b, self.pending, grads)
         )
         self.n_pending += 1
-        if self.n_pending < self.accumulate:
-            return loss, False
-        self.apply(self.pending)
-        self.pending, self.n_pending = None, 0
-        return loss, True
+        stepped = self.n_pending == self.accumulate
+        if stepped:
+            self.apply(self.pending)
+            self.pending, self.n_pending = None, 0
+        if self.ema is not None:
+            self.ema_update(self._next_decay())
+        return loss, stepped
+
+
+def _ema_copied_keys(model: nn.Module) -> set[str]:
+    """Parameters :class:`EMAModel` copies instead of averaging: those frozen in the trained
+    model (normalizer statistics, a frozen encoder) and BatchNorm's."""
+    trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    batch_norms = tuple(
+        f"{name}." for name, m in model.named_modules() if isinstance(m, nn.BatchNorm) and name
+    )
+    return {
+        k
+        for k, _ in tree_flatten(model.parameters())
+        if k not in trainable or (batch_norms and k.startswith(batch_norms))
+    }
 
 
 class BaseWorkspace:
@@ -316,7 +373,7 @@ class BaseWorkspace:
         training = cfg.training
 
         self.policy_train_mode()
-        train_step = TrainStep(self.model, self.optimizer, accumulate)
+        train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema)
         val_loss_fn = mx.compile(
             self.model.compute_loss,
             inputs=[self.model.state, mx.random.state],
@@ -387,10 +444,7 @@ class BaseWorkspace:
                 loss, stepped = train_step(batch)
                 if stepped:
                     lr_scheduler.step()
-                if self.ema is not None:
-                    self.ema.step(self.model)
-                ema_params = [] if self.ema_model is None else self.ema_model.parameters()
-                mx.eval(loss, train_step.state, ema_params)
+                mx.eval(loss, train_step.state)
                 raw_loss = loss.item()
                 tepoch.set_postfix(loss=raw_loss, refresh=False)
                 losses.append(raw_loss)

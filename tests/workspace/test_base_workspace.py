@@ -1,3 +1,4 @@
+import copy
 import logging
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
 from diffusion_policy_mlx.config_compat import AdamW
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
 from diffusion_policy_mlx.workspace import base_workspace
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep, init_wandb
 from diffusion_policy_mlx.workspace.train_diffusion_unet_lowdim_workspace import (
@@ -97,6 +99,50 @@ def test_gradient_accumulation_averages_batches():
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-7, err_msg=k)
     with pytest.raises(ValueError, match="gradient_accumulate_every must be >= 1"):
         TrainStep(model, AdamW(), gradient_accumulate_every=0)
+
+
+class WithFrozenAndBatchNorm(Regression):
+    """Averaged (linear), copied because frozen (stats), copied because BatchNorm (bn)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stats = nn.Linear(3, 2)
+        self.stats.freeze()
+        self.bn = nn.BatchNorm(2)
+
+    def compute_loss(self, batch):
+        h = self.bn(self.linear(batch["x"]) + self.stats(batch["x"]))
+        return mx.mean(mx.square(h - batch["y"]))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_fused_ema_matches_ema_model_step(accumulate):
+    model = WithFrozenAndBatchNorm()
+    reference = copy.deepcopy(model)
+    ema = EMAModel(copy.deepcopy(model), power=0.75)
+    reference_ema = EMAModel(copy.deepcopy(model), power=0.75)
+    fused = TrainStep(model, AdamW(lr=0.05), accumulate, ema)
+    plain = TrainStep(reference, AdamW(lr=0.05), accumulate)
+    for batch in _batches(6):
+        loss, _ = fused(batch)
+        mx.eval(loss, fused.state)
+        ref_loss, _ = plain(batch)
+        reference_ema.step(reference)
+        mx.eval(ref_loss, plain.state, reference_ema.averaged_model.parameters())
+    assert ema.optimization_step == reference_ema.optimization_step == 6
+    assert ema.decay == reference_ema.decay > 0
+    got = dict(tree_flatten(ema.averaged_model.parameters()))
+    want = dict(tree_flatten(reference_ema.averaged_model.parameters()))
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(
+            np.array(got[k]), np.array(want[k]), rtol=1e-5, atol=1e-6, err_msg=k
+        )
+    # the copied ones equal the trained model's, the averaged ones lag behind it
+    trained = dict(tree_flatten(model.parameters()))
+    assert mx.array_equal(got["stats.weight"], trained["stats.weight"])
+    assert mx.array_equal(got["bn.running_mean"], trained["bn.running_mean"])
+    assert not mx.array_equal(got["linear.weight"], trained["linear.weight"])
 
 
 def _fitted_normalizer() -> LinearNormalizer:
