@@ -27,7 +27,6 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import tqdm
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -525,6 +524,8 @@ def _loader_kwargs(loader_cfg: DictConfig, seed: int) -> dict[str, Any]:
 
 def _for_wandb(step_log: Mapping[str, Any]) -> dict[str, Any]:
     """Rollout videos arrive as mp4 paths; wandb wants ``wandb.Video`` objects."""
+    import wandb
+
     return {
         k: wandb.Video(v, format="mp4") if isinstance(v, str) and v.endswith(".mp4") else v
         for k, v in step_log.items()
@@ -537,6 +538,8 @@ def _for_wandb(step_log: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _wandb_reachable(timeout: float = 3.0) -> bool:
+    import wandb
+
     url = urlparse(wandb.Settings().base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -552,6 +555,9 @@ def init_wandb(cfg: DictConfig, output_dir: Path) -> Any:
     ``WANDB_MODE`` in the environment overrides ``logging.mode``. An online run without
     credentials or without a route to the wandb server continues offline, with one message.
     """
+    # Imported here: loading a checkpoint or evaluating (eval.py) needs no wandb.
+    import wandb
+
     kwargs = OmegaConf.to_container(cfg.logging, resolve=True)
     kwargs["mode"] = os.environ.get("WANDB_MODE") or kwargs.get("mode", "online")
     config = OmegaConf.to_container(cfg, resolve=True) | {"output_dir": str(output_dir)}
