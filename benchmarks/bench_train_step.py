@@ -15,8 +15,9 @@ Each variant trains its own copy of the same policy on one synthetic batch; medi
 Measured on an H100 (MLX 0.32.4 CUDA backend, config sizes, ms/step; eager / compiled+ema /
 fused): U-Net lowdim (65.8M params, batch 256) 78.5 / 38.3 / 27.9; U-Net hybrid (262.7M,
 batch 64) 115.5 / 58.3 / 64.0; transformer hybrid (20.2M, batch 64) 130.0 / 50.5 / 33.4.
-On a shared 2-core x86 CPU the three are within noise of each other for the full-size lowdim
-U-Net (batch 8: 1.19 s / 1.36 s / 1.34 s); compute dominates there.
+On a shared, loaded 2-core x86 CPU, compiled+ema and fused are within noise of each other for
+the full-size lowdim U-Net at batch 8 (1.19-1.37 s vs 1.33-1.44 s over repeated runs): compute
+dominates there.
 """
 
 # Before mlx.core: the package loads the fast CPU BLAS on import.
