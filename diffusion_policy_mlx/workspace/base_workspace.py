@@ -178,9 +178,11 @@ class BaseWorkspace:
 
     ``cfg`` may be an upstream config: its ``_target_`` s are translated to this package.
     ``output_dir`` defaults to Hydra's run directory. Subclasses name the types they expect
-    (``dataset_type``, ``runner_type``) and may override :meth:`build_optimizer`.
+    (``policy_type``, ``dataset_type``, ``runner_type``) and may override
+    :meth:`build_optimizer`.
     """
 
+    policy_type: ClassVar[tuple[type, ...]] = (BaseLowdimPolicy, BaseImagePolicy)
     dataset_type: ClassVar[tuple[type, ...]] = (BaseLowdimDataset, BaseImageDataset)
     runner_type: ClassVar[tuple[type, ...]] = (BaseLowdimRunner, BaseImageRunner)
 
@@ -198,6 +200,7 @@ class BaseWorkspace:
         set_device(self.cfg.training.device)
 
         self.model: Policy = hydra.utils.instantiate(self.cfg.policy)
+        _require_type(self.model, self.policy_type, "policy")
         self.ema_model: Policy | None = None
         self.ema: EMAModel | None = None
         if self.cfg.training.use_ema:

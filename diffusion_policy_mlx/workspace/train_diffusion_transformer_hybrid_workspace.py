@@ -6,6 +6,9 @@ import mlx.optimizers as optim
 
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
 from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
+from diffusion_policy_mlx.policy.diffusion_transformer_hybrid_image_policy import (
+    DiffusionTransformerHybridImagePolicy,
+)
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
 
@@ -17,6 +20,7 @@ class TrainDiffusionTransformerHybridWorkspace(BaseWorkspace):
     optimizer groups.
     """
 
+    policy_type: ClassVar[tuple[type, ...]] = (DiffusionTransformerHybridImagePolicy,)
     dataset_type: ClassVar[tuple[type, ...]] = (BaseImageDataset,)
     runner_type: ClassVar[tuple[type, ...]] = (BaseImageRunner,)
 

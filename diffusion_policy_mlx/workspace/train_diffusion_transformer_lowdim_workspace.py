@@ -6,6 +6,9 @@ import mlx.optimizers as optim
 
 from diffusion_policy_mlx.dataset.base_dataset import BaseLowdimDataset
 from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
+from diffusion_policy_mlx.policy.diffusion_transformer_lowdim_policy import (
+    DiffusionTransformerLowdimPolicy,
+)
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
 
@@ -16,6 +19,7 @@ class TrainDiffusionTransformerLowdimWorkspace(BaseWorkspace):
     ``get_optimizer``, which exempts biases, norms and embeddings from weight decay.
     """
 
+    policy_type: ClassVar[tuple[type, ...]] = (DiffusionTransformerLowdimPolicy,)
     dataset_type: ClassVar[tuple[type, ...]] = (BaseLowdimDataset,)
     runner_type: ClassVar[tuple[type, ...]] = (BaseLowdimRunner,)
 

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
 from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
+from diffusion_policy_mlx.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
 
@@ -17,6 +18,7 @@ class TrainDiffusionUnetImageWorkspace(BaseWorkspace):
     mode), as upstream does for pretrained encoders.
     """
 
+    policy_type: ClassVar[tuple[type, ...]] = (DiffusionUnetImagePolicy,)
     dataset_type: ClassVar[tuple[type, ...]] = (BaseImageDataset,)
     runner_type: ClassVar[tuple[type, ...]] = (BaseImageRunner,)
 

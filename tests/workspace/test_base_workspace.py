@@ -273,3 +273,16 @@ def test_wandb_mode_env_overrides_config(tmp_path, monkeypatch):
     run = init_wandb(_cfg(overrides=["logging.mode=online"]), tmp_path)
     assert run.settings.mode == "disabled"
     run.finish()
+
+
+def test_workspace_checks_the_policy_type(tmp_path):
+    from diffusion_policy_mlx.workspace.train_diffusion_transformer_lowdim_workspace import (
+        TrainDiffusionTransformerLowdimWorkspace,
+    )
+
+    with pytest.raises(
+        TypeError,
+        match="config policy built a DiffusionUnetLowdimPolicy; this workspace needs a "
+        "DiffusionTransformerLowdimPolicy",
+    ):
+        TrainDiffusionTransformerLowdimWorkspace(_cfg(), output_dir=tmp_path)
