@@ -197,6 +197,15 @@ def test_unknown_target_fails_before_any_work(tmp_path, pusht_zarr):
     assert not (tmp_path / "run" / "logs.json.txt").exists()
 
 
+def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    args = train_args(name, tmp_path / "run", pusht_zarr, "task.obs_dim=21")
+    proc = run_train(args, check=False)
+    assert proc.returncode != 0
+    assert "obs" in proc.stderr and "(21,)" in proc.stderr and "(20,)" in proc.stderr
+    assert not (tmp_path / "run" / "logs.json.txt").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in TINY if n != "train_diffusion_unet_lowdim_workspace"])
 def test_each_workspace_trains_with_rollouts(tmp_path, pusht_zarr, name):

@@ -336,6 +336,11 @@ class BaseWorkspace:
 
         dataset = hydra.utils.instantiate(cfg.task.dataset)
         _require_type(dataset, self.dataset_type, "task.dataset")
+        # The data must fit the shapes the policy was built for, named in the task config.
+        if isinstance(dataset, BaseImageDataset):
+            dataset.check_shape_meta(cfg.task.shape_meta)
+        else:
+            dataset.check_dims(cfg.task.obs_dim, cfg.task.action_dim)
         train_loader = DataLoader(dataset, **_loader_kwargs(cfg.dataloader, cfg.training.seed))
         val_loader = DataLoader(
             dataset.get_validation_dataset(),
