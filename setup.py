@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "cuda": ["mlx[cuda13]>=0.32"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        "plot": ["matplotlib>=3.8"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "matplotlib>=3.8"],
     },
 )
