@@ -9,6 +9,7 @@ import logging
 import mlx.core as mx
 import mlx.nn as nn
 
+from diffusion_policy_mlx.model.common.activation import Mish
 from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Conv1dBlock,
     Downsample1d,
@@ -45,7 +46,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.cond_predict_scale = cond_predict_scale
         self.out_channels = out_channels
         # Index 1 holds the Linear, as in upstream's Sequential(Mish, Linear, Rearrange).
-        self.cond_encoder = [nn.Mish(), nn.Linear(cond_dim, cond_channels)]
+        self.cond_encoder = [Mish(), nn.Linear(cond_dim, cond_channels)]
         self.residual_conv = (
             nn.Conv1d(in_channels, out_channels, 1)
             if in_channels != out_channels
@@ -109,7 +110,7 @@ class ConditionalUnet1D(nn.Module):
         self.diffusion_step_encoder = [
             SinusoidalPosEmb(dsed),
             nn.Linear(dsed, dsed * 4),
-            nn.Mish(),
+            Mish(),
             nn.Linear(dsed * 4, dsed),
         ]
         cond_dim = dsed + (global_cond_dim or 0)

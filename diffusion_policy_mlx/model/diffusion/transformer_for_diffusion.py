@@ -13,6 +13,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
+from diffusion_policy_mlx.model.common.activation import Mish
 from diffusion_policy_mlx.model.diffusion.positional_embedding import SinusoidalPosEmb
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class TransformerForDiffusion(nn.Module):
                 self.encoder = TransformerEncoder(n_cond_layers, **layer_kwargs)
             else:
                 # Names encoder.0 / encoder.2, like upstream's Sequential(Linear, Mish, Linear).
-                self.encoder = [nn.Linear(n_emb, 4 * n_emb), nn.Mish(), nn.Linear(4 * n_emb, n_emb)]
+                self.encoder = [nn.Linear(n_emb, 4 * n_emb), Mish(), nn.Linear(4 * n_emb, n_emb)]
             self.decoder = TransformerDecoder(n_layer, **layer_kwargs)
         else:
             self.encoder = TransformerEncoder(n_layer, **layer_kwargs)
