@@ -28,6 +28,14 @@ setup(
     extras_require={
         "cuda": ["mlx[cuda13]>=0.32"],
         "plot": ["matplotlib>=3.8"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "matplotlib>=3.8"],
+        "launchers": ["hydra-joblib-launcher>=1.2", "hydra-submitit-launcher>=1.2"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "matplotlib>=3.8",
+            "hydra-joblib-launcher>=1.2",
+            "hydra-submitit-launcher>=1.2",
+        ],
     },
 )
