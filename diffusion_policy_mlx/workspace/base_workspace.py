@@ -433,13 +433,29 @@ class BaseWorkspace:
         wandb_run: Any,
         logger: JsonLogger,
     ) -> dict[str, Any]:
-        """One epoch of training steps; returns the last step's log with the epoch-mean loss."""
+        """One epoch of training steps; returns the last step's log with the epoch-mean loss.
+
+        Steps are pipelined: step ``k`` is dispatched (``mx.async_eval``) before step ``k-1``'s
+        loss is read and logged, so the host prepares the next step while the device runs
+        this one instead of idling at a sync after every step. At most two steps are in flight.
+        """
         loader.set_epoch(self.epoch)
         n_batches = len(loader)
         if training.max_train_steps is not None:
             n_batches = min(n_batches, training.max_train_steps)
-        losses = []
-        step_log: dict[str, Any] = {}
+        losses: list[float] = []
+        # the step dispatched last: its lazy loss and its log, waiting for the loss's value
+        in_flight: tuple[mx.array, dict[str, Any]] | None = None
+
+        def finish(loss: mx.array, step_log: dict[str, Any], last: bool) -> None:
+            step_log["train_loss"] = loss.item()
+            losses.append(step_log["train_loss"])
+            tepoch.set_postfix(loss=step_log["train_loss"], refresh=False)
+            if not last:
+                # the epoch's last step is logged together with its evaluations
+                wandb_run.log(step_log, step=step_log["global_step"])
+                logger.log(step_log)
+
         with tqdm.tqdm(
             loader,
             total=n_batches,
@@ -451,22 +467,25 @@ class BaseWorkspace:
                 loss, stepped = train_step(batch)
                 if stepped:
                     lr_scheduler.step()
-                mx.eval(loss, train_step.state)
-                raw_loss = loss.item()
-                tepoch.set_postfix(loss=raw_loss, refresh=False)
-                losses.append(raw_loss)
-                step_log = {
-                    "train_loss": raw_loss,
-                    "global_step": self.global_step,
-                    "epoch": self.epoch,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                }
+                mx.async_eval(loss, train_step.state)
+                if in_flight is not None:
+                    finish(*in_flight, last=False)
+                in_flight = (
+                    loss,
+                    {
+                        "train_loss": None,
+                        "global_step": self.global_step,
+                        "epoch": self.epoch,
+                        "lr": lr_scheduler.get_last_lr()[0],
+                    },
+                )
                 if batch_idx == n_batches - 1:
-                    # the epoch's last step is logged together with its evaluations
                     break
-                wandb_run.log(step_log, step=self.global_step)
-                logger.log(step_log)
                 self.global_step += 1
+            if in_flight is None:
+                return {}
+            finish(*in_flight, last=True)
+        step_log = in_flight[1]
         step_log["train_loss"] = float(np.mean(losses))
         return step_log
 
