@@ -84,7 +84,9 @@ class SequenceSampler:
 
     ``keys`` picks the arrays to read (all by default). ``key_first_k[key] = k`` reads only the
     first ``k`` data steps of ``key`` (observations the policy sees only for ``n_obs_steps``);
-    the steps after them are NaN so that a bug that reads them shows.
+    the steps after them are NaN so that a bug that reads them shows. ``key_first_steps[key] = k``
+    returns only the first ``k`` output steps of ``key``, ``(B, k, ...)``: the same values as the
+    full window's ``[:, :k]`` without gathering, converting and copying the rest.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SequenceSampler:
         keys: Sequence[str] | None = None,
         key_first_k: Mapping[str, int] | None = None,
         episode_mask: np.ndarray | None = None,
+        key_first_steps: Mapping[str, int] | None = None,
     ):
         if sequence_length < 1:
             raise ValueError(f"sequence_length must be at least 1, got {sequence_length}.")
@@ -112,6 +115,13 @@ class SequenceSampler:
         # a plain list: OmegaConf ListConfig makes every lookup slow
         self.keys = list(replay_buffer.keys()) if keys is None else list(keys)
         self.key_first_k = dict(key_first_k or {})
+        self.key_first_steps = dict(key_first_steps or {})
+        for key, k in self.key_first_steps.items():
+            if not 1 <= k <= sequence_length:
+                raise ValueError(
+                    f"key_first_steps[{key!r}]={k} must be between 1 and sequence_length="
+                    f"{sequence_length}."
+                )
         self.sequence_length = sequence_length
         self.replay_buffer = replay_buffer
 
@@ -137,6 +147,9 @@ class SequenceSampler:
         result = {}
         for key in self.keys:
             array = self.replay_buffer[key]
+            if key in self.key_first_steps:
+                result[key] = _take_rows(array, rows[:, : self.key_first_steps[key]])
+                continue
             if key not in self.key_first_k:
                 result[key] = _take_rows(array, rows)
                 continue

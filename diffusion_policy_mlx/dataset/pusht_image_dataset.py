@@ -22,7 +22,10 @@ class PushTImageDataset(BaseImageDataset):
     (``(N, H, W, 3)``, 0..255), ``state`` and ``action``.
 
     Split and ``zarr_path`` semantics are those of
-    :class:`~diffusion_policy_mlx.dataset.pusht_dataset.PushTLowdimDataset`.
+    :class:`~diffusion_policy_mlx.dataset.pusht_dataset.PushTLowdimDataset`. With
+    ``n_obs_steps`` (not an upstream argument; ``None`` keeps upstream's windows) the
+    observations hold only the first ``To = n_obs_steps`` steps, ``(To, 3, H, W)`` and
+    ``(To, 2)``, equal to the full window's first ``To``: all a policy reads of them.
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class PushTImageDataset(BaseImageDataset):
         seed: int = 42,
         val_ratio: float = 0.0,
         max_train_episodes: int | None = None,
+        n_obs_steps: int | None = None,
     ):
         super().__init__()
         self.zarr_path = str(zarr_path)
@@ -55,12 +59,18 @@ class PushTImageDataset(BaseImageDataset):
             n_episodes=self.replay_buffer.n_episodes, val_ratio=val_ratio, seed=seed
         )
         train_mask = downsample_mask(mask=~val_mask, max_n=max_train_episodes, seed=seed)
+        # The policies only see the first n_obs_steps observations; reading only those cuts the
+        # image batch (the loader's and the host-to-device copy's main cost) by horizon/n_obs_steps.
+        self.key_first_steps = (
+            {} if n_obs_steps is None else {"img": n_obs_steps, "state": n_obs_steps}
+        )
         self.sampler = SequenceSampler(
             replay_buffer=self.replay_buffer,
             sequence_length=horizon,
             pad_before=pad_before,
             pad_after=pad_after,
             episode_mask=train_mask,
+            key_first_steps=self.key_first_steps,
         )
         self.train_mask = train_mask
         self.horizon = horizon
@@ -80,6 +90,7 @@ class PushTImageDataset(BaseImageDataset):
             pad_before=self.pad_before,
             pad_after=self.pad_after,
             episode_mask=val_set.train_mask,
+            key_first_steps=self.key_first_steps,
         )
         return val_set
 

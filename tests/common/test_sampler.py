@@ -154,6 +154,21 @@ def test_key_first_k_reads_only_the_first_steps():
     assert np.isnan(last["x"][2:, 0]).all()
 
 
+def test_key_first_steps_returns_the_first_output_steps():
+    buffer = _buffer([6])
+    sampler = SequenceSampler(buffer, 4, pad_before=1, pad_after=1, key_first_steps={"x": 2})
+    # window starting at -1: pad (repeats step 0), 0, 1, 2 -> x keeps the first two steps only
+    np.testing.assert_array_equal(sampler.sample_sequence(0)["x"][:, 0], [0, 0])
+    np.testing.assert_array_equal(sampler.sample_sequence(0)["y"][:, 0], [0, 0, 1, 2])
+    full = SequenceSampler(buffer, 4, pad_before=1, pad_after=1)
+    idxs = np.arange(len(sampler))
+    np.testing.assert_array_equal(
+        sampler.sample_sequences(idxs)["x"], full.sample_sequences(idxs)["x"][:, :2]
+    )
+    with pytest.raises(ValueError, match=r"key_first_steps\['x'\]=5"):
+        SequenceSampler(buffer, 4, key_first_steps={"x": 5})
+
+
 def test_zarr_backend_samples_like_numpy(tmp_path):
     buffer = _buffer([4, 7, 2])
     buffer.save_to_path(tmp_path / "b.zarr")

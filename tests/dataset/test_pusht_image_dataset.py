@@ -78,6 +78,29 @@ def test_batch_equals_stacked_samples(dataset):
         np.testing.assert_array_equal(batch["action"][row], sample["action"])
 
 
+def test_n_obs_steps_keeps_the_first_observations(dataset, pusht_zarr):
+    short = PushTImageDataset(
+        str(pusht_zarr),
+        horizon=16,
+        pad_before=1,
+        pad_after=7,
+        seed=42,
+        val_ratio=0.02,
+        max_train_episodes=90,
+        n_obs_steps=2,
+    )
+    idxs = [0, 5000, 10725]
+    full, part = dataset.__getitems__(idxs), short.__getitems__(idxs)
+    assert part["obs"]["image"].shape == (3, 2, 3, 96, 96)
+    for key in ("image", "agent_pos"):
+        np.testing.assert_array_equal(part["obs"][key], full["obs"][key][:, :2])
+    np.testing.assert_array_equal(part["action"], full["action"])
+    val_full = dataset.get_validation_dataset().__getitems__([0, 7])
+    val_part = short.get_validation_dataset().__getitems__([0, 7])
+    np.testing.assert_array_equal(val_part["obs"]["image"], val_full["obs"]["image"][:, :2])
+    short.check_shape_meta(SHAPE_META)
+
+
 def test_sampling_leaves_the_buffer_untouched(dataset):
     first = dataset.replay_buffer["img"][dataset.sampler.indices[0, 0]].copy()
     dataset[0], dataset.__getitems__([0, 0])
