@@ -6,17 +6,21 @@
         --config-name train_diffusion_unet_lowdim_workspace task=pusht_lowdim
 
 Runs are written to ``outputs/<date>/<time>_<name>_<task>/`` (multirun: one numbered folder
-per job). Upstream configs work unmodified: their ``_target_`` s map to this package, and a
+per job). ``mlx.launch -n N train.py ...`` trains data-parallel on N processes; they all write
+to rank 0's run folder, and only rank 0 logs, evaluates and saves checkpoints. Upstream configs work unmodified: their ``_target_`` s map to this package, and a
 ``--config-dir`` replaces ``config/`` as the folder configs are read from.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
+from diffusion_policy_mlx.common.distributed import broadcast_str, init_group
 from diffusion_policy_mlx.config_compat import check_targets, translate_config
 
 # Line-buffered output, so progress reaches log files and pipes as it happens.
@@ -45,9 +49,24 @@ def main(cfg: DictConfig) -> None:
     cfg = translate_config(cfg)
     check_targets(cfg)
     cls = hydra.utils.get_class(cfg._target_)
-    workspace = cls(cfg)
+    # Data-parallel ranks start a moment apart, so their ${now:} run folders may differ: all
+    # use rank 0's.
+    group = init_group()
+    output_dir = (
+        None if group is None else broadcast_str(HydraConfig.get().runtime.output_dir, group)
+    )
+    workspace = cls(cfg, output_dir=output_dir)
     workspace.run()
 
 
+def other_rank_overrides(environ: dict[str, str]) -> list[str]:
+    """Hydra overrides for data-parallel ranks other than 0 (``MLX_RANK`` is set by
+    ``mlx.launch``): no run folder, saved config or log file of their own."""
+    if int(environ.get("MLX_RANK", "0")) == 0:
+        return []
+    return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
 if __name__ == "__main__":
+    sys.argv += other_rank_overrides(dict(os.environ))
     main()

@@ -8,6 +8,10 @@ ahead of the training loop, ``prefetch_factor`` batches per worker.
 Shuffling is deterministic: epoch ``e`` visits ``np.random.default_rng([seed, e]).permutation``.
 Each pass over the loader uses the next epoch; :meth:`DataLoader.set_epoch` picks the epoch of
 the next pass, so a run resumed at epoch ``e`` sees exactly the batches it would have seen.
+
+In data-parallel training (``rank``/``world_size``) every rank computes the same global batches
+and loads only its contiguous shard of each (:func:`~.common.distributed.shard_bounds`); a
+final global batch smaller than ``world_size`` is dropped on every rank.
 """
 
 import os
@@ -20,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from diffusion_policy_mlx.common.distributed import Shard, shard_bounds
 from diffusion_policy_mlx.common.pytree import dict_apply
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset, collate
 
@@ -40,6 +45,8 @@ class DataLoader:
         seed: seed of the shuffle; ``None`` draws one from numpy's global generator, so a run
             that seeds numpy (as the workspace does) is reproducible.
         prefetch_factor: batches each worker prepares ahead.
+        rank, world_size: this process's rank and the number of data-parallel processes;
+            ``batch_size`` is the global batch, of which this rank loads its shard.
     """
 
     def __init__(
@@ -53,6 +60,8 @@ class DataLoader:
         drop_last: bool = False,
         seed: int | None = None,
         prefetch_factor: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -60,6 +69,13 @@ class DataLoader:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
         if prefetch_factor < 1:
             raise ValueError(f"prefetch_factor must be at least 1, got {prefetch_factor}.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        if batch_size < world_size:
+            raise ValueError(
+                f"batch_size={batch_size} is smaller than the {world_size} data-parallel "
+                "processes; every process needs at least one sample per batch."
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -69,12 +85,15 @@ class DataLoader:
         self.drop_last = drop_last
         self.seed = int(np.random.randint(2**31)) if seed is None else seed
         self.prefetch_factor = prefetch_factor
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def __len__(self) -> int:
         """Batches per epoch."""
         n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(n, self.batch_size)
+        return full + (not self.drop_last and rest >= self.world_size)
 
     @property
     def n_threads(self) -> int:
@@ -95,7 +114,23 @@ class DataLoader:
         else:
             order = np.arange(n)
         stop = n - n % self.batch_size if self.drop_last else n
-        return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
+        return [b for b in batches if len(b) >= self.world_size]
+
+    def shards(self, epoch: int) -> list[Shard]:
+        """This rank's part of every batch of ``epoch``, in order."""
+        shards = []
+        for indices in self.batch_indices(epoch):
+            start, stop = shard_bounds(len(indices), self.rank, self.world_size)
+            shards.append(Shard(start, stop - start, len(indices)))
+        return shards
+
+    def local_indices(self, epoch: int) -> list[np.ndarray]:
+        """The dataset indices this rank loads for every batch of ``epoch``."""
+        return [
+            indices[shard.offset : shard.offset + shard.size]
+            for indices, shard in zip(self.batch_indices(epoch), self.shards(epoch), strict=True)
+        ]
 
     def load_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Samples ``indices`` as one batch: nested dicts of ``(B, ...)`` ``mx.array`` s."""
@@ -106,7 +141,7 @@ class DataLoader:
         return dict_apply(batch, mx.array)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batches = self.batch_indices(self.epoch)
+        batches = self.local_indices(self.epoch)
         self.epoch += 1
         if self.num_workers == 0:
             for indices in batches:

@@ -16,6 +16,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
+from diffusion_policy_mlx.common.distributed import sharded_draw
+
 # Largest value ``mx.random.randint`` draws for a fresh key; any uint32 pair is a valid key.
 _KEY_HIGH = 2**31 - 1
 
@@ -213,10 +215,14 @@ def diffusion_loss(
     if condition_data is None:
         condition_data = trajectory
     batch_size = trajectory.shape[0]
+    # sharded_draw: in data-parallel training each rank draws what a 1-process run would
     if noise is None:
-        noise = mx.random.normal(trajectory.shape, dtype=trajectory.dtype)
+        noise = sharded_draw(
+            lambda shape: mx.random.normal(shape, dtype=trajectory.dtype), trajectory.shape
+        )
     if timesteps is None:
-        timesteps = mx.random.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
+        n_train = scheduler.config.num_train_timesteps
+        timesteps = sharded_draw(lambda shape: mx.random.randint(0, n_train, shape), (batch_size,))
 
     noisy_trajectory = scheduler.add_noise(trajectory, noise, timesteps)
     noisy_trajectory = mx.where(condition_mask, condition_data, noisy_trajectory)

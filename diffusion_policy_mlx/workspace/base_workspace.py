@@ -31,12 +31,13 @@ from hydra.core.hydra_config import HydraConfig
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_policy_mlx.common import checkpoint_util
+from diffusion_policy_mlx.common import checkpoint_util, distributed
 from diffusion_policy_mlx.common.checkpoint_util import (
     Checkpoint,
     CheckpointMismatchError,
     TopKCheckpointManager,
 )
+from diffusion_policy_mlx.common.distributed import Shard, batch_shard
 from diffusion_policy_mlx.common.json_logger import JsonLogger
 from diffusion_policy_mlx.config_compat import set_device, translate_config
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset
@@ -66,6 +67,10 @@ class TrainStep:
     The EMA update is :class:`EMAModel`'s: its decay schedule and counter stay on ``ema``
     (the decay enters the compiled function as an input), parameters frozen in the trained
     model and BatchNorm parameters are copied, all others averaged.
+
+    With a ``group`` of data-parallel processes each call gets this rank's :class:`Shard` of the
+    global batch: per-sample random draws are those of the global batch, gradients are
+    averaged over ranks weighted by shard size, and the returned loss is the global batch's.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class TrainStep:
         optimizer: optim.Optimizer,
         gradient_accumulate_every: int,
         ema: EMAModel | None = None,
+        group: mx.distributed.Group | None = None,
     ):
         if gradient_accumulate_every < 1:
             raise ValueError(
@@ -82,6 +88,7 @@ class TrainStep:
         self.model = model
         self.optimizer = optimizer
         self.ema = ema
+        self.group = group
         self.accumulate = gradient_accumulate_every
         self.pending: dict | None = None
         self.n_pending = 0
@@ -112,17 +119,34 @@ class TrainStep:
                 )
             )
 
-        def fused(batch: dict, decay: mx.array) -> mx.array:
-            loss, grads = loss_and_grad(batch)
+        def shard_loss_and_grad(batch: dict, shard: Shard | None) -> tuple[mx.array, dict]:
+            with batch_shard(shard):
+                return loss_and_grad(batch)
+
+        # The shard's three ints are compile-time constants: a new shard shape retraces.
+        def fused(batch: dict, decay: mx.array, *shard_ints: int) -> mx.array:
+            shard = Shard(*shard_ints) if shard_ints else None
+            loss, grads = shard_loss_and_grad(batch, shard)
+            if group is not None:
+                grads = distributed.average_gradients(grads, shard, group)
+                loss = distributed.global_mean(loss, shard, group)
             optimizer.update(model, grads)
             ema_update(decay)
             return loss
 
-        def grads_only(batch: dict) -> tuple[mx.array, dict]:
-            loss, grads = loss_and_grad(batch)
-            return loss, nn.utils.tree_map(lambda g: g * scale, grads)
+        def grads_only(batch: dict, *shard_ints: int) -> tuple[mx.array, dict]:
+            shard = Shard(*shard_ints) if shard_ints else None
+            loss, grads = shard_loss_and_grad(batch, shard)
+            factor = scale
+            if group is not None:
+                # summed over ranks when applied: this rank's share of the global mean
+                factor = scale * shard.weight * group.size()
+                loss = distributed.global_mean(loss, shard, group)
+            return loss, nn.utils.tree_map(lambda g: g * factor, grads)
 
         def apply(grads: dict) -> None:
+            if group is not None:
+                grads = nn.average_gradients(grads, group=group)
             optimizer.update(model, grads)
 
         self.fused = mx.compile(fused, inputs=self.state, outputs=self.state)
@@ -139,11 +163,15 @@ class TrainStep:
         self.ema.optimization_step += 1
         return mx.array(self.ema.decay, mx.float32)
 
-    def __call__(self, batch: dict) -> tuple[mx.array, bool]:
-        """Train on ``batch``; returns the (lazy) loss and whether the optimizer stepped."""
+    def __call__(self, batch: dict, shard: Shard | None = None) -> tuple[mx.array, bool]:
+        """Train on ``batch`` (this rank's ``shard`` of the global batch when data-parallel);
+        returns the (lazy) loss and whether the optimizer stepped."""
+        if (shard is None) != (self.group is None):
+            raise ValueError("TrainStep: pass a shard exactly when training data-parallel")
+        shard_ints = () if shard is None else (shard.offset, shard.size, shard.global_size)
         if self.accumulate == 1:
-            return self.fused(batch, self._next_decay()), True
-        loss, grads = self.grads_only(batch)
+            return self.fused(batch, self._next_decay(), *shard_ints), True
+        loss, grads = self.grads_only(batch, *shard_ints)
         self.pending = (
             grads
             if self.pending is None
@@ -334,6 +362,9 @@ class BaseWorkspace:
             self.load_checkpoint(path=latest)
             log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
 
+        group = distributed.init_group()
+        rank, world_size = distributed.rank_of(group), distributed.world_size_of(group)
+        main = rank == 0
         dataset = hydra.utils.instantiate(cfg.task.dataset)
         _require_type(dataset, self.dataset_type, "task.dataset")
         # The data must fit the shapes the policy was built for, named in the task config.
@@ -341,11 +372,11 @@ class BaseWorkspace:
             dataset.check_shape_meta(cfg.task.shape_meta)
         else:
             dataset.check_dims(cfg.task.obs_dim, cfg.task.action_dim)
-        train_loader = DataLoader(dataset, **_loader_kwargs(cfg.dataloader, cfg.training.seed))
-        val_loader = DataLoader(
-            dataset.get_validation_dataset(),
-            **_loader_kwargs(cfg.val_dataloader, cfg.training.seed),
-        )
+        train_kwargs = _loader_kwargs(cfg.dataloader, cfg.training.seed)
+        if group is not None:
+            train_kwargs["batch_size"] = _global_batch_size(cfg, world_size)
+            train_kwargs |= {"rank": rank, "world_size": world_size}
+        train_loader = DataLoader(dataset, **train_kwargs)
         normalizer = dataset.get_normalizer()
         self.model.set_normalizer(normalizer)
         if self.ema_model is not None:
@@ -360,13 +391,31 @@ class BaseWorkspace:
             # optimizer updates done so far; the schedule resumes where it stopped
             last_epoch=self.global_step // accumulate - 1,
         )
-        env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir))
-        _require_type(env_runner, self.runner_type, "task.env_runner")
-        topk_manager = TopKCheckpointManager(
-            save_dir=self.output_dir / "checkpoints", **cfg.checkpoint.topk
-        )
-        if self.topk_state is not None:
-            topk_manager.load_state_dict(self.topk_state)
+        # Validation, rollouts, logs and checkpoints are rank 0's; the other ranks only train.
+        val_loader = env_runner = topk_manager = None
+        if main:
+            val_loader = DataLoader(
+                dataset.get_validation_dataset(),
+                **_loader_kwargs(cfg.val_dataloader, cfg.training.seed),
+            )
+            env_runner = hydra.utils.instantiate(
+                cfg.task.env_runner, output_dir=str(self.output_dir)
+            )
+            _require_type(env_runner, self.runner_type, "task.env_runner")
+            topk_manager = TopKCheckpointManager(
+                save_dir=self.output_dir / "checkpoints", **cfg.checkpoint.topk
+            )
+            if self.topk_state is not None:
+                topk_manager.load_state_dict(self.topk_state)
+        if group is not None and main:
+            log.info(
+                "data-parallel training on %d processes, global batch %d; if one process "
+                "exits, mlx.launch stops the others: run the same command again to resume "
+                "from %s",
+                world_size,
+                train_loader.batch_size,
+                latest,
+            )
 
         if cfg.training.debug:
             with open_dict(cfg):
@@ -380,18 +429,19 @@ class BaseWorkspace:
         training = cfg.training
 
         self.policy_train_mode()
-        train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema)
+        train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema, group)
         val_loss_fn = mx.compile(
             self.model.compute_loss,
             inputs=[self.model.state, mx.random.state],
             outputs=[mx.random.state],
         )
         # The first batch of epoch 0, also after a resume, so the metric means the same thing.
-        sampling_batch = train_loader.load_batch(train_loader.batch_indices(0)[0])
-        wandb_run = init_wandb(cfg, self.output_dir)
+        sampling_batch = train_loader.load_batch(train_loader.batch_indices(0)[0]) if main else None
+        wandb_run = init_wandb(cfg, self.output_dir) if main else _NoLog()
         resume_step = self.global_step if resumed else None
+        logs = self.output_dir / "logs.json.txt"
         try:
-            with JsonLogger(self.output_dir / "logs.json.txt", resume_step=resume_step) as logger:
+            with JsonLogger(logs, resume_step=resume_step) if main else _NoLog() as logger:
                 while self.epoch < training.num_epochs:
                     step_log = self._train_epoch(
                         train_loader, train_step, lr_scheduler, training, wandb_run, logger
@@ -399,13 +449,13 @@ class BaseWorkspace:
                     # ========= eval for this epoch ==========
                     policy = self.ema_model if self.ema_model is not None else self.model
                     policy.eval()
-                    if self.epoch % training.rollout_every == 0:
+                    if main and self.epoch % training.rollout_every == 0:
                         step_log.update(env_runner.run(policy))
-                    if self.epoch % training.val_every == 0:
+                    if main and self.epoch % training.val_every == 0:
                         val_loss = self._validation_loss(val_loader, val_loss_fn, training)
                         if val_loss is not None:
                             step_log["val_loss"] = val_loss
-                    if self.epoch % training.sample_every == 0:
+                    if main and self.epoch % training.sample_every == 0:
                         mse = self.sample_action_mse(policy, sampling_batch)
                         step_log["train_action_mse_error"] = mse.item()
                     self.policy_train_mode()
@@ -417,10 +467,17 @@ class BaseWorkspace:
                     self.epoch += 1
                     # Saved after the counters advance: a resumed run starts at the next epoch.
                     if completed_epoch % training.checkpoint_every == 0:
-                        self._checkpoint(cfg, topk_manager, step_log)
+                        distributed.check_replicas_agree(self.model, group)
+                        if main:
+                            self._checkpoint(cfg, topk_manager, step_log)
                     elif self.epoch == training.num_epochs and cfg.checkpoint.save_last_ckpt:
+                        distributed.check_replicas_agree(self.model, group)
                         # Unlike upstream, the final weights are never lost to checkpoint_every.
-                        self.save_checkpoint()
+                        if main:
+                            self.save_checkpoint()
+                    # no rank starts the next epoch (or exits) before rank 0's evaluations
+                    # and checkpoint are done; it also hands on rank 0's random state
+                    distributed.sync_random_state(group)
         finally:
             wandb_run.finish()
 
@@ -433,13 +490,15 @@ class BaseWorkspace:
         wandb_run: Any,
         logger: JsonLogger,
     ) -> dict[str, Any]:
-        """One epoch of training steps; returns the last step's log with the epoch-mean loss.
+        """One epoch of training steps; returns the last step's log with the epoch-mean loss
+        (data-parallel: the global batches' losses, on every rank).
 
         Steps are pipelined: step ``k`` is dispatched (``mx.async_eval``) before step ``k-1``'s
         loss is read and logged, so the host prepares the next step while the device runs
         this one instead of idling at a sync after every step. At most two steps are in flight.
         """
         loader.set_epoch(self.epoch)
+        shards = loader.shards(self.epoch) if train_step.group is not None else None
         n_batches = len(loader)
         if training.max_train_steps is not None:
             n_batches = min(n_batches, training.max_train_steps)
@@ -462,9 +521,10 @@ class BaseWorkspace:
             desc=f"Training epoch {self.epoch}",
             leave=False,
             mininterval=training.tqdm_interval_sec,
+            disable=loader.rank != 0,
         ) as tepoch:
             for batch_idx, batch in enumerate(tepoch):
-                loss, stepped = train_step(batch)
+                loss, stepped = train_step(batch, None if shards is None else shards[batch_idx])
                 if stepped:
                     lr_scheduler.step()
                 mx.async_eval(loss, train_step.state)
@@ -534,6 +594,36 @@ class BaseWorkspace:
                 if batch_idx == n_batches - 1:
                     break
         return float(np.mean(losses))
+
+
+class _NoLog:
+    """What ranks other than 0 have instead of the JSON logger and the wandb run."""
+
+    def __enter__(self) -> _NoLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _global_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """The global batch of data-parallel training, per ``training.batch_size_scope``."""
+    scope = cfg.training.get("batch_size_scope", "global")
+    batch_size = int(cfg.dataloader.batch_size)
+    if scope == "global":
+        return batch_size
+    if scope == "rank":
+        return batch_size * world_size
+    raise ValueError(
+        f"training.batch_size_scope={scope!r}: use 'global' (dataloader.batch_size is split "
+        "across processes) or 'rank' (each process takes dataloader.batch_size samples)"
+    )
 
 
 def _require_type(obj: Any, expected: tuple[type, ...], key: str) -> None:

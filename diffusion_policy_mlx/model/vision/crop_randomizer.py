@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from diffusion_policy_mlx.common.distributed import sharded_draw
+
 
 def center_crop_offsets(
     height: int, width: int, crop_height: int, crop_width: int
@@ -80,7 +82,7 @@ def sample_random_image_crops(
     batch, height, width, _ = images.shape
     if pos_enc:
         images = add_position_channels(images)
-    u = mx.random.uniform(shape=(batch, num_crops, 2), key=key)
+    u = sharded_draw(lambda shape: mx.random.uniform(shape=shape, key=key), (batch, num_crops, 2))
     limits = mx.array([height - crop_height, width - crop_width], dtype=mx.float32)
     corners = mx.floor(u * limits).astype(mx.int32)
     return crop_image_from_indices(images, corners, crop_height, crop_width), corners

@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from diffusion_policy_mlx.common.distributed import sharded_draw
 from diffusion_policy_mlx.model.vision.crop_randomizer import CropRandomizer
 from diffusion_policy_mlx.model.vision.resnet import apply_sequence, replace_bn_with_gn, resnet18
 
@@ -132,7 +133,8 @@ class SpatialSoftmax(nn.Module):
         expected_y = (self.pos_y * attention).sum(axis=-1)
         keypoints = mx.stack([expected_x, expected_y], axis=-1)
         if self.training and self.noise_std > 0:
-            keypoints = keypoints + mx.random.normal(keypoints.shape) * self.noise_std
+            noise = sharded_draw(lambda shape: mx.random.normal(shape), keypoints.shape)
+            keypoints = keypoints + noise * self.noise_std
         if not self.output_variance:
             return keypoints
         var_x = (self.pos_x * self.pos_x * attention).sum(axis=-1) - expected_x * expected_x
