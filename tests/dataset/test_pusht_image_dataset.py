@@ -21,17 +21,23 @@ def fixture(fixtures_dir):
     return load_file(fixtures_dir / "normalizer_pusht_image.safetensors")
 
 
-@pytest.fixture(scope="module")
-def dataset(pusht_zarr):
+def pusht_image_dataset(zarr, **kwargs) -> PushTImageDataset:
+    """The dataset as upstream's PushT image task config builds it."""
     return PushTImageDataset(
-        str(pusht_zarr),
+        str(zarr),
         horizon=16,
         pad_before=1,
         pad_after=7,
         seed=42,
         val_ratio=0.02,
         max_train_episodes=90,
+        **kwargs,
     )
+
+
+@pytest.fixture(scope="module")
+def dataset(pusht_zarr):
+    return pusht_image_dataset(pusht_zarr)
 
 
 def test_lengths_and_split(dataset, fixture):
@@ -79,16 +85,7 @@ def test_batch_equals_stacked_samples(dataset):
 
 
 def test_n_obs_steps_keeps_the_first_observations(dataset, pusht_zarr):
-    short = PushTImageDataset(
-        str(pusht_zarr),
-        horizon=16,
-        pad_before=1,
-        pad_after=7,
-        seed=42,
-        val_ratio=0.02,
-        max_train_episodes=90,
-        n_obs_steps=2,
-    )
+    short = pusht_image_dataset(pusht_zarr, n_obs_steps=2)
     idxs = [0, 5000, 10725]
     full, part = dataset.__getitems__(idxs), short.__getitems__(idxs)
     assert part["obs"]["image"].shape == (3, 2, 3, 96, 96)
