@@ -20,15 +20,31 @@ LAUNCH = shutil.which("mlx.launch", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(LAUNCH is None, reason="mlx.launch is not installed")
 
 
-def args(run_dir: Path, zarr: Path, *extra: str) -> list[str]:
-    return [
-        "--config-name=train_diffusion_unet_lowdim_workspace",
+TINY = {
+    "train_diffusion_unet_lowdim_workspace": [
         "task=pusht_lowdim",
-        f"task.dataset.zarr_path={zarr}",
-        f"hydra.run.dir={run_dir}",
         "policy.model.down_dims=[16,32]",
         "policy.model.diffusion_step_embed_dim=16",
         "policy.num_inference_steps=4",
+    ],
+    # random crops too: every rank must crop its samples as a 1-process run would
+    "train_diffusion_unet_hybrid_workspace": [
+        "task=pusht_image",
+        "policy.down_dims=[16,32]",
+        "policy.diffusion_step_embed_dim=16",
+        "policy.num_inference_steps=4",
+        "policy.crop_shape=[48,48]",
+    ],
+}
+LOWDIM = "train_diffusion_unet_lowdim_workspace"
+
+
+def args(run_dir: Path, zarr: Path, *extra: str, name: str = LOWDIM) -> list[str]:
+    return [
+        f"--config-name={name}",
+        *TINY[name],
+        f"task.dataset.zarr_path={zarr}",
+        f"hydra.run.dir={run_dir}",
         # 5 samples: uneven shards of 3 and 2, so the weighted gradient average is exercised
         "dataloader.batch_size=5",
         "dataloader.num_workers=0",
@@ -76,9 +92,13 @@ def single(train_args: list[str]) -> None:
     )
 
 
-def test_two_processes_follow_the_one_process_loss_curve(tmp_path, pusht_zarr):
-    single(args(tmp_path / "one", pusht_zarr, "training.num_epochs=3"))
-    proc = launch(2, args(tmp_path / "two", pusht_zarr, "training.num_epochs=3"))
+@pytest.mark.parametrize(
+    "name",
+    [LOWDIM, pytest.param("train_diffusion_unet_hybrid_workspace", marks=pytest.mark.slow)],
+)
+def test_two_processes_follow_the_one_process_loss_curve(tmp_path, pusht_zarr, name):
+    single(args(tmp_path / "one", pusht_zarr, "training.num_epochs=3", name=name))
+    proc = launch(2, args(tmp_path / "two", pusht_zarr, "training.num_epochs=3", name=name))
     out, _ = proc.communicate(timeout=600)
     assert "data-parallel training on 2 processes, global batch 5" in out, out[-3000:]
     one = read_json_log(tmp_path / "one" / "logs.json.txt")
