@@ -182,6 +182,9 @@ def test_final_epoch_is_checkpointed_whatever_checkpoint_every(tmp_path, pusht_z
     assert sorted(p.name for p in ckpt_dir.iterdir())[0].startswith("epoch=0000-")
     assert len(list(ckpt_dir.iterdir())) == 2
     assert load_checkpoint(ckpt_dir / "latest.ckpt").state["epoch"] == 4
+    # the top-k file (a hard link to epoch 0's latest.ckpt) kept epoch 0's contents
+    topk = next(p for p in ckpt_dir.iterdir() if p.name.startswith("epoch=0000-"))
+    assert load_checkpoint(topk).state["epoch"] == 1
     log_text = (tmp_path / "run" / "train.log").read_text()
     assert "epoch 2: checkpoint.topk.monitor_key=test_mean_score was not logged" in log_text
 

@@ -567,8 +567,10 @@ class BaseWorkspace:
             )
         self.topk_state = topk_manager.state_dict()
         if cfg.checkpoint.save_last_ckpt:
-            self.save_checkpoint()
-        if topk_path is not None:
+            latest = self.save_checkpoint()
+            if topk_path is not None:
+                _link_or_save(latest, Path(topk_path), self.save_checkpoint)
+        elif topk_path is not None:
             self.save_checkpoint(path=topk_path)
 
     def _validation_loss(
@@ -610,6 +612,17 @@ class _NoLog:
 
     def finish(self) -> None:
         pass
+
+
+def _link_or_save(latest: Path, path: Path, save: Any) -> None:
+    """``path`` as a hard link to the ``latest`` checkpoint just written (the same bytes: a
+    second 1 GB write saved); a later ``latest`` replaces its own name only. Where the file
+    system has no hard links, ``save(path=path)`` writes it."""
+    path.unlink(missing_ok=True)
+    try:
+        os.link(latest, path)
+    except OSError:
+        save(path=path)
 
 
 def _global_batch_size(cfg: DictConfig, world_size: int) -> int:
