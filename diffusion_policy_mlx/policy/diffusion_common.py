@@ -17,6 +17,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.common.distributed import sharded_draw
+from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 
 # Largest value ``mx.random.randint`` draws for a fresh key; any uint32 pair is a valid key.
 _KEY_HIGH = 2**31 - 1
@@ -146,6 +148,45 @@ class CompiledStepCache:
 
     def __deepcopy__(self, memo: dict) -> "CompiledStepCache":
         return CompiledStepCache()
+
+
+def init_diffusion_policy(
+    policy: nn.Module,
+    noise_scheduler: NoiseScheduler,
+    *,
+    horizon: int,
+    action_dim: int,
+    n_action_steps: int,
+    n_obs_steps: int,
+    mask_obs_dim: int,
+    num_inference_steps: int | None,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Set what every diffusion policy holds the same way: the scheduler, the inpainting mask
+    generator over ``action_dim + mask_obs_dim`` features (``mask_obs_dim=0`` when observations
+    condition the model instead), an empty normalizer, the horizon and step counts,
+    ``noise_scheduler.step`` options (``kwargs``), ``num_inference_steps`` (default: the
+    training timesteps) and the compiled-step cache of :func:`conditional_sample`."""
+    policy.noise_scheduler = noise_scheduler
+    policy.mask_generator = LowdimMaskGenerator(
+        action_dim=action_dim,
+        obs_dim=mask_obs_dim,
+        max_n_obs_steps=n_obs_steps,
+        fix_obs_steps=True,
+        action_visible=False,
+    )
+    policy.normalizer = LinearNormalizer()
+    policy.horizon = horizon
+    policy.action_dim = action_dim
+    policy.n_action_steps = n_action_steps
+    policy.n_obs_steps = n_obs_steps
+    # Set on the instance, not as a module item: scheduler options are not parameters.
+    object.__setattr__(policy, "kwargs", dict(kwargs))
+    if num_inference_steps is None:
+        num_inference_steps = noise_scheduler.config.num_train_timesteps
+    policy.num_inference_steps = num_inference_steps
+    policy.compile_sampling = True
+    policy.step_cache = CompiledStepCache()
 
 
 def conditional_sample(

@@ -8,18 +8,17 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
-from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 from diffusion_policy_mlx.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    CompiledStepCache,
     NoiseScheduler,
     action_dim_from_shape_meta,
     conditional_sample,
     diffusion_loss,
     encode_obs_steps,
     grouped_adamw,
+    init_diffusion_policy,
     obs_inpainting_condition,
 )
 
@@ -94,29 +93,20 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
             obs_as_cond=obs_as_cond,
             n_cond_layers=n_cond_layers,
         )
-        self.noise_scheduler = noise_scheduler
-        self.mask_generator = LowdimMaskGenerator(
+        init_diffusion_policy(
+            self,
+            noise_scheduler,
+            horizon=horizon,
             action_dim=action_dim,
-            obs_dim=0 if obs_as_cond else obs_feature_dim,
-            max_n_obs_steps=n_obs_steps,
-            fix_obs_steps=True,
-            action_visible=False,
+            n_action_steps=n_action_steps,
+            n_obs_steps=n_obs_steps,
+            mask_obs_dim=0 if obs_as_cond else obs_feature_dim,
+            num_inference_steps=num_inference_steps,
+            kwargs=kwargs,
         )
-        self.normalizer = LinearNormalizer()
-        self.horizon = horizon
         self.obs_feature_dim = obs_feature_dim
-        self.action_dim = action_dim
-        self.n_action_steps = n_action_steps
-        self.n_obs_steps = n_obs_steps
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
-        # Set on the instance, not as a module item: scheduler options are not parameters.
-        object.__setattr__(self, "kwargs", dict(kwargs))
-        if num_inference_steps is None:
-            num_inference_steps = noise_scheduler.config.num_train_timesteps
-        self.num_inference_steps = num_inference_steps
-        self.compile_sampling = True
-        self.step_cache = CompiledStepCache()
 
     # ========= inference ============
     def conditional_sample(

@@ -6,15 +6,14 @@ import mlx.core as mx
 import mlx.optimizers as optim
 
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
-from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 from diffusion_policy_mlx.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    CompiledStepCache,
     NoiseScheduler,
     conditional_sample,
     diffusion_loss,
     grouped_adamw,
+    init_diffusion_policy,
     obs_inpainting_condition,
 )
 
@@ -49,29 +48,20 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
                 "DiffusionTransformerLowdimPolicy: pred_action_steps_only=True needs obs_as_cond=True"
             )
         self.model = model
-        self.noise_scheduler = noise_scheduler
-        self.mask_generator = LowdimMaskGenerator(
+        init_diffusion_policy(
+            self,
+            noise_scheduler,
+            horizon=horizon,
             action_dim=action_dim,
-            obs_dim=0 if obs_as_cond else obs_dim,
-            max_n_obs_steps=n_obs_steps,
-            fix_obs_steps=True,
-            action_visible=False,
+            n_action_steps=n_action_steps,
+            n_obs_steps=n_obs_steps,
+            mask_obs_dim=0 if obs_as_cond else obs_dim,
+            num_inference_steps=num_inference_steps,
+            kwargs=kwargs,
         )
-        self.normalizer = LinearNormalizer()
-        self.horizon = horizon
         self.obs_dim = obs_dim
-        self.action_dim = action_dim
-        self.n_action_steps = n_action_steps
-        self.n_obs_steps = n_obs_steps
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
-        # Set on the instance, not as a module item: scheduler options are not parameters.
-        object.__setattr__(self, "kwargs", dict(kwargs))
-        if num_inference_steps is None:
-            num_inference_steps = noise_scheduler.config.num_train_timesteps
-        self.num_inference_steps = num_inference_steps
-        self.compile_sampling = True
-        self.step_cache = CompiledStepCache()
 
     # ========= inference ============
     def conditional_sample(

@@ -8,15 +8,14 @@ import mlx.nn as nn
 
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
-from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    CompiledStepCache,
     NoiseScheduler,
     action_dim_from_shape_meta,
     conditional_sample,
     diffusion_loss,
     encode_obs_steps,
+    init_diffusion_policy,
     obs_inpainting_condition,
 )
 
@@ -69,28 +68,19 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
             n_groups=n_groups,
             cond_predict_scale=cond_predict_scale,
         )
-        self.noise_scheduler = noise_scheduler
-        self.mask_generator = LowdimMaskGenerator(
+        init_diffusion_policy(
+            self,
+            noise_scheduler,
+            horizon=horizon,
             action_dim=action_dim,
-            obs_dim=0 if obs_as_global_cond else obs_feature_dim,
-            max_n_obs_steps=n_obs_steps,
-            fix_obs_steps=True,
-            action_visible=False,
+            n_action_steps=n_action_steps,
+            n_obs_steps=n_obs_steps,
+            mask_obs_dim=0 if obs_as_global_cond else obs_feature_dim,
+            num_inference_steps=num_inference_steps,
+            kwargs=kwargs,
         )
-        self.normalizer = LinearNormalizer()
-        self.horizon = horizon
         self.obs_feature_dim = obs_feature_dim
-        self.action_dim = action_dim
-        self.n_action_steps = n_action_steps
-        self.n_obs_steps = n_obs_steps
         self.obs_as_global_cond = obs_as_global_cond
-        # Set on the instance, not as a module item: scheduler options are not parameters.
-        object.__setattr__(self, "kwargs", dict(kwargs))
-        if num_inference_steps is None:
-            num_inference_steps = noise_scheduler.config.num_train_timesteps
-        self.num_inference_steps = num_inference_steps
-        self.compile_sampling = True
-        self.step_cache = CompiledStepCache()
 
     # ========= inference ============
     def conditional_sample(

@@ -6,13 +6,12 @@ import mlx.core as mx
 
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
-from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    CompiledStepCache,
     NoiseScheduler,
     conditional_sample,
     diffusion_loss,
+    init_diffusion_policy,
     obs_inpainting_condition,
 )
 
@@ -57,32 +56,23 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
                 "obs_as_global_cond=True"
             )
         self.model = model
-        self.noise_scheduler = noise_scheduler
         obs_as_cond = obs_as_local_cond or obs_as_global_cond
-        self.mask_generator = LowdimMaskGenerator(
+        init_diffusion_policy(
+            self,
+            noise_scheduler,
+            horizon=horizon,
             action_dim=action_dim,
-            obs_dim=0 if obs_as_cond else obs_dim,
-            max_n_obs_steps=n_obs_steps,
-            fix_obs_steps=True,
-            action_visible=False,
+            n_action_steps=n_action_steps,
+            n_obs_steps=n_obs_steps,
+            mask_obs_dim=0 if obs_as_cond else obs_dim,
+            num_inference_steps=num_inference_steps,
+            kwargs=kwargs,
         )
-        self.normalizer = LinearNormalizer()
-        self.horizon = horizon
         self.obs_dim = obs_dim
-        self.action_dim = action_dim
-        self.n_action_steps = n_action_steps
-        self.n_obs_steps = n_obs_steps
         self.obs_as_local_cond = obs_as_local_cond
         self.obs_as_global_cond = obs_as_global_cond
         self.pred_action_steps_only = pred_action_steps_only
         self.oa_step_convention = oa_step_convention
-        # Set on the instance, not as a module item: scheduler options are not parameters.
-        object.__setattr__(self, "kwargs", dict(kwargs))
-        if num_inference_steps is None:
-            num_inference_steps = noise_scheduler.config.num_train_timesteps
-        self.num_inference_steps = num_inference_steps
-        self.compile_sampling = True
-        self.step_cache = CompiledStepCache()
 
     # ========= inference ============
     def conditional_sample(
