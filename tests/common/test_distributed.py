@@ -82,16 +82,13 @@ def test_ranks_load_contiguous_shards_of_the_same_global_batches():
         DataLoader(Indices(13), batch_size=1, world_size=2, rank=0)
 
 
-def test_distributed_step_on_one_process_equals_the_plain_step(tmp_path):
-    import mlx.optimizers as optim
-
+def _tiny_policy():
     from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
     from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
     from diffusion_policy_mlx.policy.diffusion_unet_lowdim_policy import (
         DiffusionUnetLowdimPolicy,
     )
     from diffusion_policy_mlx.schedulers.ddpm import DDPMScheduler
-    from diffusion_policy_mlx.workspace.base_workspace import TrainStep
 
     mx.random.seed(0)
     model = ConditionalUnet1D(
@@ -112,20 +109,47 @@ def test_distributed_step_on_one_process_equals_the_plain_step(tmp_path):
     normalizer = LinearNormalizer()
     normalizer.fit(batch)
     policy.set_normalizer(normalizer)
-    batch = {k: mx.array(v.astype(np.float32)) for k, v in batch.items()}
+    return policy, {k: mx.array(v.astype(np.float32)) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_distributed_step_on_one_process_equals_the_plain_step(accumulate):
+    import mlx.optimizers as optim
+
+    from diffusion_policy_mlx.workspace.base_workspace import TrainStep
+
+    policy, batch = _tiny_policy()
     results = []
     for group in (None, mx.distributed.init()):  # a 1-process group runs the distributed path
         p = copy.deepcopy(policy)
-        step = TrainStep(p, optim.AdamW(1e-3), 1, group=group)
+        step = TrainStep(p, optim.AdamW(1e-3), accumulate, group=group)
         mx.random.seed(1)
-        loss, _ = step(batch, None if group is None else Shard(0, 6, 6))
-        mx.eval(loss, step.state)
-        results.append((loss.item(), dict(tree_flatten(p.trainable_parameters()))))
-    (loss_a, params_a), (loss_b, params_b) = results
-    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+        losses = []
+        for _ in range(2 * accumulate):
+            loss, _ = step(batch, None if group is None else Shard(0, 6, 6))
+            mx.eval(loss, step.state)
+            losses.append(loss.item())
+        results.append((losses, dict(tree_flatten(p.trainable_parameters()))))
+    (losses_a, params_a), (losses_b, params_b) = results
+    np.testing.assert_allclose(losses_b, losses_a, rtol=1e-6)
     for k, v in params_a.items():
         np.testing.assert_allclose(params_b[k], v, rtol=1e-6, atol=1e-7)
     check_replicas_agree(p, mx.distributed.init())
+
+
+def test_batch_size_scope():
+    from omegaconf import OmegaConf
+
+    from diffusion_policy_mlx.workspace.base_workspace import _global_batch_size
+
+    def cfg(**training):
+        return OmegaConf.create({"dataloader": {"batch_size": 64}, "training": training})
+
+    assert _global_batch_size(cfg(), 4) == 64  # upstream configs: the global batch
+    assert _global_batch_size(cfg(batch_size_scope="global"), 4) == 64
+    assert _global_batch_size(cfg(batch_size_scope="rank"), 4) == 256
+    with pytest.raises(ValueError, match="training.batch_size_scope='node'"):
+        _global_batch_size(cfg(batch_size_scope="node"), 4)
 
 
 def test_single_process_helpers_pass_values_through():
