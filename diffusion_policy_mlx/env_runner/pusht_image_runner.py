@@ -7,7 +7,12 @@ import numpy as np
 
 from diffusion_policy_mlx.env.pusht.pusht_image_env import PushTImageEnv
 from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
-from diffusion_policy_mlx.env_runner.pusht_rollout import VectorRollout, plan_episodes, summarize
+from diffusion_policy_mlx.env_runner.pusht_rollout import (
+    VectorRollout,
+    past_action_input,
+    plan_episodes,
+    summarize,
+)
 from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
 from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
     VideoRecorder,
@@ -74,7 +79,7 @@ class PushTImageRunner(BaseImageRunner):
 
         self.rollout = VectorRollout(
             env_fn,
-            n_envs=len(episodes) if n_envs is None else n_envs,
+            n_envs=n_envs,
             episodes=episodes,
             output_dir=self.output_dir,
             max_steps=max_steps,
@@ -93,11 +98,7 @@ class PushTImageRunner(BaseImageRunner):
         def act(obs: dict[str, np.ndarray], past_action: np.ndarray | None) -> np.ndarray:
             obs_dict = {key: mx.array(value.astype(np.float32)) for key, value in obs.items()}
             if self.past_action and past_action is not None:
-                obs_dict["past_action"] = mx.array(
-                    past_action[:, past_action.shape[1] - (self.n_obs_steps - 1) :].astype(
-                        np.float32
-                    )
-                )
+                obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
             return np.array(policy.predict_action(obs_dict)["action"])
 
         return summarize(self.rollout.run(act, on_batch_start=policy.reset))

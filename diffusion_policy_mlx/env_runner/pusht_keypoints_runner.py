@@ -7,7 +7,12 @@ import numpy as np
 
 from diffusion_policy_mlx.env.pusht.pusht_keypoints_env import PushTKeypointsEnv
 from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
-from diffusion_policy_mlx.env_runner.pusht_rollout import VectorRollout, plan_episodes, summarize
+from diffusion_policy_mlx.env_runner.pusht_rollout import (
+    VectorRollout,
+    past_action_input,
+    plan_episodes,
+    summarize,
+)
 from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
 from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
     VideoRecorder,
@@ -83,7 +88,7 @@ class PushTKeypointsRunner(BaseLowdimRunner):
 
         self.rollout = VectorRollout(
             env_fn,
-            n_envs=len(episodes) if n_envs is None else n_envs,
+            n_envs=n_envs,
             episodes=episodes,
             output_dir=self.output_dir,
             max_steps=max_steps,
@@ -109,11 +114,7 @@ class PushTKeypointsRunner(BaseLowdimRunner):
                 "obs_mask": mx.array(obs[:, : self.n_obs_steps, do:] > 0.5),
             }
             if self.past_action and past_action is not None:
-                obs_dict["past_action"] = mx.array(
-                    past_action[:, past_action.shape[1] - (self.n_obs_steps - 1) :].astype(
-                        np.float32
-                    )
-                )
+                obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
             action = np.array(policy.predict_action(obs_dict)["action"])
             return action[:, self.n_latency_steps :]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import mlx.core as mx
 import numpy as np
 import tqdm
 
@@ -61,19 +62,26 @@ class EpisodeResult:
     video_path: str | None
 
 
+def past_action_input(past_action: np.ndarray, n_obs_steps: int) -> mx.array:
+    """The ``(B, To - 1, Da)`` actions before the current step that a policy conditioned on past
+    actions reads, from the env's ``(B, T, Da)`` history."""
+    return mx.array(past_action[:, past_action.shape[1] - (n_obs_steps - 1) :].astype(np.float32))
+
+
 class VectorRollout:
     """Runs a list of episodes ``n_envs`` at a time on a vector env of ``env_fn()`` copies.
 
     Each env must be a :class:`MultiStepWrapper` around a :class:`VideoRecordingWrapper`. Every
     batch gives each env its seed and video path, resets, then calls ``act`` once per control
     step for all envs together until every episode is done. The last batch is padded with extra
-    (unrecorded, unreported) episodes so the policy always sees ``n_envs`` rows.
+    (unrecorded, unreported) episodes so the policy always sees ``n_envs`` rows. ``n_envs=None``
+    runs every episode at once.
     """
 
     def __init__(
         self,
         env_fn: Callable[[], gym.Env],
-        n_envs: int,
+        n_envs: int | None,
         episodes: Sequence[EpisodeSpec],
         output_dir: str | Path,
         max_steps: int,
@@ -81,6 +89,8 @@ class VectorRollout:
         tqdm_interval_sec: float = 5.0,
         desc: str = "Eval",
     ):
+        if n_envs is None:
+            n_envs = len(episodes)
         if n_envs < 1:
             raise ValueError(
                 f"env_runner.n_envs must be >= 1 (or null for one env per episode), got {n_envs}"
