@@ -54,20 +54,16 @@ class ConditionalResidualBlock1D(nn.Module):
         )
 
     def __call__(self, x: mx.array, cond: mx.array) -> mx.array:
-        out = self.blocks[0](x)
         embed = cond
         for layer in self.cond_encoder:
             embed = layer(embed)
-        # (B, cond_channels) -> (B, 1, cond_channels): broadcast over the horizon.
-        embed = embed[:, None, :]
+        # (B, cond_channels): the blocks broadcast it over the horizon.
         if self.cond_predict_scale:
-            scale = embed[..., : self.out_channels]
-            bias = embed[..., self.out_channels :]
-            out = scale * out + bias
+            scale, bias = embed[:, : self.out_channels], embed[:, self.out_channels :]
         else:
-            out = out + embed
-        out = self.blocks[1](out)
-        return out + self.residual_conv(x)
+            scale, bias = None, embed
+        out = self.blocks[0](x, scale=scale, shift=bias)
+        return self.blocks[1](out, residual=self.residual_conv(x))
 
 
 class ConditionalUnet1D(nn.Module):

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from diffusion_policy_mlx.model.common.activation import Mish
+from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
 
 class Downsample1d(nn.Module):
@@ -72,7 +73,27 @@ class Conv1dBlock(nn.Module):
             Mish(),
         ]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        scale: mx.array | None = None,
+        shift: mx.array | None = None,
+        residual: mx.array | None = None,
+    ) -> mx.array:
+        """``block(x) * scale + shift + residual``: the optional FiLM ``scale``, ``shift``
+        (B, C_out) and ``residual`` (B, T, C_out) of ``ConditionalResidualBlock1D``, taken here
+        so that on NVIDIA GPUs in eval mode one fused kernel applies them with the norm."""
+        conv, norm, _ = self.block
+        if not self.training and fused_available():
+            return group_norm_mish(
+                conv(x), norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual
+            )
         for layer in self.block:
             x = layer(x)
+        if scale is not None:
+            x = x * scale[:, None, :]
+        if shift is not None:
+            x = x + shift[:, None, :]
+        if residual is not None:
+            x = x + residual
         return x

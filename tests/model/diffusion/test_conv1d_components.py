@@ -119,3 +119,23 @@ def test_conv1d_block_rejects_bad_config():
         Conv1dBlock(4, 8, 4)
     with pytest.raises(ValueError, match="not divisible by n_groups=8"):
         Conv1dBlock(4, 12, 3)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_conv1d_block_film_and_residual(training):
+    # On an NVIDIA GPU the eval-mode call runs the fused kernel; elsewhere MLX's ops.
+    m = Conv1dBlock(3, 16, kernel_size=3, n_groups=8)
+    sd = {
+        "block.0.weight": randn(16, 3, 3),
+        "block.0.bias": randn(16),
+        "block.1.weight": randn(16),
+        "block.1.bias": randn(16),
+    }
+    load_upstream_state_dict(m, sd)
+    m.train(training)
+    x, scale, shift, residual = randn(2, 3, 6), randn(2, 16), randn(2, 16), randn(2, 16, 6)
+    y = m(to_cl(x), mx.array(scale), mx.array(shift), to_cl(residual))
+    h = conv1d_ref(x, sd["block.0.weight"], sd["block.0.bias"], padding=1)
+    block = mish_ref(group_norm_ref(h, 8, sd["block.1.weight"], sd["block.1.bias"]))
+    expected = block * scale[:, :, None] + shift[:, :, None] + residual
+    np.testing.assert_allclose(from_cl(y), expected, atol=1e-5)
