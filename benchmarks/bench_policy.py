@@ -9,7 +9,8 @@ Measurements (medians after warm-up; ours and upstream alternate call by call so
 shared machine hits both alike): the denoiser forward at batch 1; ``predict_action`` at batch 1
 with DDPM 100 steps and DDIM 16 steps, and at batch 56 (a full evaluation's) with DDIM 16; one
 training step (loss, gradients, AdamW, EMA) at the config's batch size; and each one's peak
-memory. Without upstream (no ``--upstream`` and no ``DP_UPSTREAM_PATH``) only ours is timed.
+memory. ``--torch-compile reduce-overhead`` runs upstream's denoiser under ``torch.compile``
+(CUDA graphs on the GPU); every measurement's first call (compilation) is listed. Without upstream (no ``--upstream`` and no ``DP_UPSTREAM_PATH``) only ours is timed.
 """
 
 from __future__ import annotations  # noqa: I001
@@ -108,18 +109,23 @@ class Result:
 
 def time_alternating(
     fns: dict[str, Callable[[], None]], warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Wall-clock seconds of ``repeats`` calls of each function, interleaved, after warm-up."""
-    for fn in fns.values():
-        for _ in range(warmup):
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Wall-clock seconds of ``repeats`` calls of each function, interleaved, after warm-up,
+    and of each function's first call (tracing, kernel compilation, ``torch.compile``)."""
+    first: dict[str, float] = {}
+    for name, fn in fns.items():
+        for i in range(max(1, warmup)):
+            start = time.perf_counter()
             fn()
+            if i == 0:
+                first[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return times
+    return times, first
 
 
 def machine_info(args: argparse.Namespace, torch_module) -> dict[str, str]:
@@ -137,6 +143,7 @@ def machine_info(args: argparse.Namespace, torch_module) -> dict[str, str]:
         info["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     if torch_module is not None:
         info["torch"] = torch_module.__version__
+        info["torch_compile"] = args.torch_compile or "off (eager)"
         info["torch_threads"] = str(torch_module.get_num_threads())
         if args.device == "gpu":
             info["gpu"] = torch_module.cuda.get_device_name()
@@ -223,6 +230,12 @@ def bench_policy(
         notes.append(
             f"{spec.key}: same weights; denoiser max |ours - upstream| = {_forward_gap(ours, theirs):.1e}"
         )
+    if theirs is not None and args.torch_compile:
+        # After the weights are shared: a compiled module's state_dict keys change.
+        theirs.compile_model(args.torch_compile)
+        notes.append(
+            f"{spec.key}: upstream's denoiser under torch.compile(mode={args.torch_compile!r})"
+        )
 
     results = []
     for m in MEASUREMENTS:
@@ -233,7 +246,11 @@ def bench_policy(
             fns["upstream"] = m.build(theirs, inputs)
         slow = m.key.startswith(("predict_ddpm", "train"))
         repeats = max(1, args.repeats // 2) if slow and args.repeats > 3 else args.repeats
-        times = time_alternating(fns, args.warmup, repeats)
+        times, first = time_alternating(fns, args.warmup, repeats)
+        notes.append(
+            f"{spec.key} {m.key}: first call "
+            + ", ".join(f"{side} {_fmt_time(t)}" for side, t in first.items())
+        )
         label = m.label + (f", batch {batch_size}" if m.key == "train_step" else "")
         result = Result(spec.key, m.key, label, times["ours"], times.get("upstream", []))
         if not args.no_memory:
@@ -286,6 +303,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--train-batch", type=int, default=None, help="default: the config's batch size")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
+    p.add_argument(
+        "--torch-compile",
+        default=None,
+        metavar="MODE",
+        help="run upstream's denoiser under torch.compile with this mode (e.g. reduce-overhead, "
+        "CUDA graphs); its compile time shows as the first call",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 

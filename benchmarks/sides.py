@@ -351,6 +351,10 @@ class UpstreamSide(Side):
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()}
 
+    def compile_model(self, mode: str) -> None:
+        """Put the denoiser under ``torch.compile(mode=mode)``, as a user would for inference."""
+        self.policy.model = self.torch.compile(self.policy.model, mode=mode)
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
