@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.scripts.plot_training import main, read_curves
+from diffusion_policy_mlx.scripts.plot_training import main, read_curves, read_eval_score
 
 
 def _write_log(path, records, partial_tail=""):
@@ -25,6 +25,8 @@ def test_read_curves_takes_each_epochs_last_record(tmp_path):
     np.testing.assert_allclose(curves.train_loss, [0.8, 0.4, 0.2])
     np.testing.assert_array_equal(curves.score_epochs, [0, 2])
     np.testing.assert_allclose(curves.test_mean_score, [0.1, 0.7])
+    np.testing.assert_array_equal(curves.val_epochs, [1])
+    np.testing.assert_allclose(curves.val_loss, [0.3])
 
 
 def test_cli_writes_a_png(tmp_path, capsys):
@@ -42,3 +44,31 @@ def test_a_file_without_training_records_is_refused(tmp_path):
     _write_log(log, [{"val_loss": 1.0}])
     with pytest.raises(ValueError, match="no records with 'train_loss'"):
         read_curves(log)
+
+
+def test_cli_adds_eval_scores(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "logs.json.txt"
+    _write_log(log, [{"train_loss": 0.5, "epoch": e, "val_loss": 0.4} for e in range(3)])
+    eval_log = tmp_path / "eval_log.json"
+    eval_log.write_text(json.dumps({"test/mean_score": 0.8125, "train/mean_score": 0.5}))
+    out = tmp_path / "curves.png"
+    main([str(log), "-o", str(out), "--eval", f"3={eval_log}"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "eval.py 0.812 (epoch 3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("eval_log.json", "expected EPOCH=PATH"), ("x=eval_log.json", "expected EPOCH=PATH")],
+)
+def test_bad_eval_spec_is_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        read_eval_score(spec)
+
+
+def test_eval_log_without_score_is_refused(tmp_path):
+    path = tmp_path / "logs.json.txt"
+    path.write_text(json.dumps({"train_loss": 1.0}))
+    with pytest.raises(ValueError, match="has no 'test/mean_score'"):
+        read_eval_score(f"5={path}")
