@@ -145,6 +145,9 @@ def machine_info(args: argparse.Namespace, torch_module) -> dict[str, str]:
         info["torch"] = torch_module.__version__
         info["torch_compile"] = args.torch_compile or "off (eager)"
         info["torch_threads"] = str(torch_module.get_num_threads())
+        # On a small CPU, whether torch's OpenMP threads spin or sleep between calls moves
+        # upstream's batch-1 times (and ours, interleaved with them) by several times.
+        info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset (spin)")
         if args.device == "gpu":
             info["gpu"] = torch_module.cuda.get_device_name()
     return info
