@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from diffusion_policy_mlx.model.vision.strided_conv import Conv2d
+
 
 def conv_init(conv: nn.Conv2d) -> nn.Conv2d:
     """Initialise a conv kernel as torchvision's ResNet does (He normal, fan_out, ReLU gain)."""
@@ -21,11 +23,11 @@ def conv_init(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return conv_init(nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False))
+    return conv_init(Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False))
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return conv_init(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
+    return conv_init(Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
 
 
 def apply_sequence(layers: Sequence, x: mx.array) -> mx.array:
@@ -126,7 +128,7 @@ class ResNet(nn.Module):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={list(layers)}")
-        self.conv1 = conv_init(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
+        self.conv1 = conv_init(Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
         self.bn1 = nn.BatchNorm(64)
         self.maxpool = MaxPool2d(3, stride=2, padding=1)
         inplanes = 64

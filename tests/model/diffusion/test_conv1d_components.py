@@ -71,6 +71,30 @@ def test_downsample1d():
     np.testing.assert_allclose(from_cl(y), expected, atol=1e-5)
 
 
+def test_downsample1d_even_length_and_gradients_match_the_strided_conv():
+    # On the CPU the layer is a GEMM over strided taps; its values and gradients must be the
+    # strided convolution's, which the layer's own ``conv`` still computes.
+    m = Downsample1d(4)
+    load_upstream_state_dict(m, {"conv.weight": randn(4, 4, 3), "conv.bias": randn(4)})
+    x = mx.array(randn(3, 8, 4))
+
+    def loss(params, x, layer):
+        m.update(params)
+        return (layer(x) ** 2).sum()
+
+    params = m.trainable_parameters()
+    gemm = mx.value_and_grad(loss, argnums=(0, 1))(params, x, m)
+    conv = mx.value_and_grad(loss, argnums=(0, 1))(params, x, m.conv)
+    assert m(x).shape == (3, 4, 4)
+    np.testing.assert_allclose(gemm[0].item(), conv[0].item(), rtol=1e-5)
+    (g_params, g_x), (c_params, c_x) = gemm[1], conv[1]
+    np.testing.assert_allclose(np.array(g_x), np.array(c_x), rtol=1e-4, atol=1e-4)
+    for key in ("weight", "bias"):
+        np.testing.assert_allclose(
+            np.array(g_params["conv"][key]), np.array(c_params["conv"][key]), rtol=1e-4, atol=1e-4
+        )
+
+
 def test_upsample1d():
     m = Upsample1d(5)
     sd = {"conv.weight": randn(5, 5, 4), "conv.bias": randn(5)}
