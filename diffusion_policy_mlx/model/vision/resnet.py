@@ -44,10 +44,32 @@ def apply_sequence(layers: Sequence, x: mx.array) -> mx.array:
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that ``copy.deepcopy`` accepts (upstream deep-copies rgb models and EMA
     copies policies). The base class keeps ``mx.max``, a C++ function deepcopy cannot pickle; the
-    pool holds no state, so a shallow copy is already independent."""
+    pool holds no state, so a shallow copy is already independent.
+
+    On the CPU the pool is the running maximum of its kernel's strided slices: the base class
+    reduces over overlapping ``as_strided`` windows, whose gradient MLX's CPU backend scatters
+    slowly (0.85 s of the stem's backward at the hybrid policy's batch). The two agree wherever
+    a window's maximum is unique; ties, which after a ReLU sit at zero where no gradient flows
+    back anyway, may pass the gradient to several entries instead of one.
+    """
 
     def __deepcopy__(self, memo: dict) -> "MaxPool2d":
         return copy.copy(self)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if mx.default_device() != mx.cpu:
+            return super().__call__(x)
+        (kh, kw), (sh, sw) = self._kernel_size, self._stride
+        (ph, _), (pw, _) = self._padding
+        x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)], constant_values=self._padding_value)
+        out_h = (x.shape[1] - kh) // sh + 1
+        out_w = (x.shape[2] - kw) // sw + 1
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                window = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+                y = window if y is None else mx.maximum(y, window)
+        return y
 
 
 class BasicBlock(nn.Module):
