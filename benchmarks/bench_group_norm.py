@@ -29,7 +29,13 @@ from diffusion_policy_mlx.policy.diffusion_common import CompiledStepCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import build, synthetic  # noqa: E402
-from sides import CONFIG_DIR, DDIM_CONFIG, compose_config, translate_config  # noqa: E402
+from sides import (  # noqa: E402
+    CONFIG_DIR,
+    DDIM_CONFIG,
+    compose_config,
+    synthetic_obs,
+    translate_config,
+)
 
 
 def main() -> None:
@@ -42,13 +48,10 @@ def main() -> None:
 
     cfg, workspace = build(args.config, ["training.device=gpu"])
     policy = workspace.model
-    batch, normalizer = synthetic(cfg, 56)
+    _, normalizer = synthetic(cfg, 56)
     policy.set_normalizer(normalizer)
     policy.eval()
-    if "obs_dim" in cfg:
-        obs56 = {"obs": batch["obs"][:, : cfg.n_obs_steps]}
-    else:
-        obs56 = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}
+    obs56 = {k: mx.array(v) for k, v in synthetic_obs(cfg, 56, cfg.n_obs_steps, seed=3).items()}
     obs1 = {k: v[:1] for k, v in obs56.items()}
     ddpm = policy.noise_scheduler
     ddim_cfg = translate_config(compose_config(CONFIG_DIR, DDIM_CONFIG, "pusht_image", []))

@@ -117,14 +117,19 @@ def test_upsample1d_hand_derived():
     np.testing.assert_allclose(np.array(y)[0, :, 0], [2, 13, 24, 30])
 
 
+def conv1d_block_state_dict(c_in, c_out, kernel):
+    """Random torch-layout weights of a Conv1dBlock: the conv, then the GroupNorm affine."""
+    return {
+        "block.0.weight": randn(c_out, c_in, kernel),
+        "block.0.bias": randn(c_out),
+        "block.1.weight": randn(c_out),
+        "block.1.bias": randn(c_out),
+    }
+
+
 def test_conv1d_block():
     m = Conv1dBlock(3, 8, kernel_size=5, n_groups=4)
-    sd = {
-        "block.0.weight": randn(8, 3, 5),
-        "block.0.bias": randn(8),
-        "block.1.weight": randn(8),
-        "block.1.bias": randn(8),
-    }
+    sd = conv1d_block_state_dict(3, 8, 5)
     load_upstream_state_dict(m, sd)
     x = randn(2, 3, 7)
     y = m(to_cl(x))
@@ -149,12 +154,7 @@ def test_conv1d_block_rejects_bad_config():
 def test_conv1d_block_film_and_residual(training):
     # On an NVIDIA GPU the eval-mode call runs the fused kernel; elsewhere MLX's ops.
     m = Conv1dBlock(3, 16, kernel_size=3, n_groups=8)
-    sd = {
-        "block.0.weight": randn(16, 3, 3),
-        "block.0.bias": randn(16),
-        "block.1.weight": randn(16),
-        "block.1.bias": randn(16),
-    }
+    sd = conv1d_block_state_dict(3, 16, 3)
     load_upstream_state_dict(m, sd)
     m.train(training)
     x, scale, shift, residual = randn(2, 3, 6), randn(2, 16), randn(2, 16), randn(2, 16, 6)
