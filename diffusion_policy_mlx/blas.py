@@ -58,6 +58,14 @@ class BlasInfo:
 
 
 _info: BlasInfo | None = None
+# The loaded library, for its thread-count functions.
+_lib: ctypes.CDLL | None = None
+# (setter, getter) per BLAS, as each names them.
+_THREAD_FUNCTIONS = (
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
+)
 
 
 def _loaded_path(name: str) -> str:
@@ -73,12 +81,14 @@ def _loaded_path(name: str) -> str:
 
 
 def _try_load(name: str) -> str | None:
+    global _lib
     try:
         lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return None
     if not hasattr(lib, "cblas_sgemm"):
         return None
+    _lib = lib
     return _loaded_path(name)
 
 
@@ -137,6 +147,36 @@ def load_fast_blas() -> BlasInfo:
 def blas_info() -> BlasInfo:
     """The BLAS decision made when the package was imported."""
     return load_fast_blas()
+
+
+def _thread_functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
+    if _lib is None:
+        return None
+    for setter, getter in _THREAD_FUNCTIONS:
+        # hasattr on a CDLL is how ctypes asks whether a library exports a symbol
+        if hasattr(_lib, setter) and hasattr(_lib, getter):
+            return getattr(_lib, setter), getattr(_lib, getter)
+    return None
+
+
+def num_threads() -> int | None:
+    """Threads the loaded BLAS runs each call on; None when it is not ours to set (MLX's
+    bundled BLAS, Accelerate, or a library without a known thread-count function)."""
+    functions = _thread_functions()
+    return None if functions is None else int(functions[1]())
+
+
+def set_num_threads(n: int) -> bool:
+    """Run the loaded BLAS's calls on ``n`` threads (OpenBLAS, MKL or BLIS); returns whether
+    it could. Takes effect for calls that start after it returns."""
+    if n < 1:
+        raise ValueError(f"BLAS thread count must be >= 1, got {n}")
+    functions = _thread_functions()
+    if functions is None:
+        return False
+    if functions[1]() != n:
+        functions[0](n)
+    return True
 
 
 if __name__ == "__main__":

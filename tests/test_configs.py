@@ -23,8 +23,9 @@ OURS_ONLY = [
 ]
 # Intended differences: MLX device naming and where runs are written.
 DIFFERENT = {"training.device", "multi_run.run_dir", "multi_run.wandb_name_base", "logging.name"}
-# Keys only ours have: the image dataset loads just the observations the policy reads.
-OURS_ONLY_KEYS = {"task.dataset.n_obs_steps"}
+# Keys only ours have: the image dataset loads just the observations the policy reads; how many
+# CPU streams a batch is split over (null: one per core).
+OURS_ONLY_KEYS = {"task.dataset.n_obs_steps", "training.cpu_streams"}
 
 
 def _flat(node, prefix=""):
@@ -53,7 +54,8 @@ def test_same_keys_and_values_as_upstream(upstream_config_dir, name):
     ours = _load(CONFIG_DIR, name, ["hydra.run.dir=x"])
     theirs = _load(upstream_config_dir, name, ["hydra.run.dir=x"])
     assert ours.keys() - OURS_ONLY_KEYS == theirs.keys()
-    assert all(ours[k] == ours["n_obs_steps"] for k in ours.keys() & OURS_ONLY_KEYS)
+    assert all(ours[k] == ours["n_obs_steps"] for k in ours.keys() & {"task.dataset.n_obs_steps"})
+    assert ours["training.cpu_streams"] is None
     differing = {k for k in theirs if ours[k] != theirs[k]}
     assert differing <= DIFFERENT, {k: (ours[k], theirs[k]) for k in differing - DIFFERENT}
     assert ours["training.device"] == "gpu" and theirs["training.device"] == "cuda:0"

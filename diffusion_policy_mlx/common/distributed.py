@@ -58,6 +58,11 @@ def batch_shard(shard: Shard | None) -> Iterator[None]:
         _current_shard = previous
 
 
+def current_shard() -> Shard | None:
+    """The shard of the innermost :func:`batch_shard` context, if any."""
+    return _current_shard
+
+
 def sharded_draw(draw: Callable[[tuple[int, ...]], mx.array], shape: tuple[int, ...]) -> mx.array:
     """``draw(shape)``, or, inside :func:`batch_shard`, this shard's rows of the draw for the
     global batch: the numbers a 1-process run would draw for these samples.

@@ -16,7 +16,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.common.distributed import sharded_draw
+from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.common.distributed import current_shard, sharded_draw
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 
@@ -110,8 +111,9 @@ class CompiledStepCache:
     """The ``mx.compile``d :func:`denoise_step` of one policy, rebuilt when its inputs change.
 
     The compiled function closes over the model, the scheduler (whose tables and
-    ``num_inference_steps`` it reads at trace time), the scheduler kwargs and the model's
-    train/eval mode, so each combination gets its own entry. The model's arrays are declared as
+    ``num_inference_steps`` it reads at trace time), the scheduler kwargs, the model's
+    train/eval mode and the batch shard being sampled (a CPU stream's chunk), so each
+    combination gets its own entry. The model's arrays are declared as
     compile inputs, so updated weights (training, EMA, checkpoint loads) are picked up without
     retracing. A deep copy (the EMA policy) starts empty, because the copied entries would still
     call the original model.
@@ -133,6 +135,8 @@ class CompiledStepCache:
             num_inference_steps,
             model.training,
             tuple(sorted(step_kwargs.items())),
+            # a chunk's rows of the batch's noise are chosen at trace time
+            current_shard(),
         )
         entry = self.entries.get(signature)
         if entry is None or entry[0] is not model or entry[1] is not scheduler:
@@ -205,28 +209,47 @@ def conditional_sample(
 
     Randomness comes from ``key`` (split into the initial noise and one key per step) or, when it
     is None, from a key drawn from MLX's global generator. With ``step_cache`` every step runs
-    the compiled :func:`denoise_step`; without it the same function runs eagerly. Nothing is
-    evaluated here: the result is a lazy array over the whole loop.
+    the compiled :func:`denoise_step`; without it the same function runs eagerly. On the CPU
+    the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the
+    same result. Nothing is evaluated here: the result is a lazy array over the whole loop.
     """
     if key is None:
         key = random_key()
     scheduler.set_timesteps(num_inference_steps)
     timesteps = np.asarray(scheduler.timesteps).tolist()
     keys = mx.random.split(key, len(timesteps) + 1)
-    conds = {k: v for k, v in model_kwargs.items() if v is not None}
+    rows = {
+        "trajectory": mx.random.normal(
+            condition_data.shape, dtype=condition_data.dtype, key=keys[0]
+        ),
+        "condition_data": condition_data,
+        "condition_mask": condition_mask,
+        "conds": {k: v for k, v in model_kwargs.items() if v is not None},
+    }
 
-    if step_cache is None:
-        step = partial(denoise_step, model, scheduler, step_kwargs)
-    else:
-        step = step_cache.get(model, scheduler, num_inference_steps, step_kwargs)
+    def denoise(rows: dict) -> mx.array:
+        if step_cache is None:
+            step = partial(denoise_step, model, scheduler, step_kwargs)
+        else:
+            step = step_cache.get(model, scheduler, num_inference_steps, step_kwargs)
+        trajectory = rows["trajectory"]
+        for i, t in enumerate(timesteps):
+            trajectory = step(
+                trajectory,
+                mx.array(t),
+                keys[i + 1],
+                rows["condition_data"],
+                rows["condition_mask"],
+                rows["conds"],
+            )
+        # The last step's output is not inpainted inside the loop.
+        return mx.where(rows["condition_mask"], rows["condition_data"], trajectory)
 
-    trajectory = mx.random.normal(condition_data.shape, dtype=condition_data.dtype, key=keys[0])
-    for i, t in enumerate(timesteps):
-        trajectory = step(
-            trajectory, mx.array(t), keys[i + 1], condition_data, condition_mask, conds
-        )
-    # The last step's output is not inpainted inside the loop.
-    return mx.where(condition_mask, condition_data, trajectory)
+    cpu_streams.use_blas_threads(condition_data.shape[0])
+    chunks = cpu_streams.map_chunks(denoise, rows)
+    if chunks is None:
+        return denoise(rows)
+    return mx.concatenate([sample for _, sample in chunks])
 
 
 def diffusion_loss(

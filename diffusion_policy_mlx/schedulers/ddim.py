@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from diffusion_policy_mlx.common.distributed import sharded_draw
 from diffusion_policy_mlx.schedulers.scheduling_utils import (
     BaseScheduler,
     SchedulerOutput,
@@ -154,6 +155,10 @@ class DDIMScheduler(BaseScheduler):
         prev_sample = prev_sample + direction
         if eta > 0:
             if variance_noise is None:
-                variance_noise = mx.random.normal(sample.shape, dtype=sample.dtype, key=key)
+                # per sample: a batch split over CPU streams draws the whole batch's noise
+                variance_noise = sharded_draw(
+                    lambda shape: mx.random.normal(shape, dtype=sample.dtype, key=key),
+                    sample.shape,
+                )
             prev_sample = prev_sample + std_dev_t * variance_noise
         return SchedulerOutput(prev_sample, pred_original_sample)

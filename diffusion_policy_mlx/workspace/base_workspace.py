@@ -17,6 +17,7 @@ import os
 import random
 import socket
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -31,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_policy_mlx.common import checkpoint_util, distributed
+from diffusion_policy_mlx.common import checkpoint_util, cpu_streams, distributed
 from diffusion_policy_mlx.common.checkpoint_util import (
     Checkpoint,
     CheckpointMismatchError,
@@ -120,8 +121,11 @@ class TrainStep:
             )
 
         def shard_loss_and_grad(batch: dict, shard: Shard | None) -> tuple[mx.array, dict]:
-            with batch_shard(shard):
-                return loss_and_grad(batch)
+            chunks = cpu_streams.map_chunks(loss_and_grad, batch, shard)
+            if chunks is None:
+                with batch_shard(shard):
+                    return loss_and_grad(batch)
+            return weighted_sum(chunks)
 
         # The shard's three ints are compile-time constants: a new shard shape retraces.
         def fused(batch: dict, decay: mx.array, *shard_ints: int) -> mx.array:
@@ -165,9 +169,13 @@ class TrainStep:
 
     def __call__(self, batch: dict, shard: Shard | None = None) -> tuple[mx.array, bool]:
         """Train on ``batch`` (this rank's ``shard`` of the global batch when data-parallel);
-        returns the (lazy) loss and whether the optimizer stepped."""
+        returns the (lazy) loss and whether the optimizer stepped.
+
+        On the CPU the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`
+        (one chunk per core by default), with the same loss and gradients."""
         if (shard is None) != (self.group is None):
             raise ValueError("TrainStep: pass a shard exactly when training data-parallel")
+        cpu_streams.use_blas_threads(cpu_streams.batch_rows(batch))
         shard_ints = () if shard is None else (shard.offset, shard.size, shard.global_size)
         if self.accumulate == 1:
             return self.fused(batch, self._next_decay(), *shard_ints), True
@@ -185,6 +193,22 @@ class TrainStep:
         if self.ema is not None:
             self.ema_update(self._next_decay())
         return loss, stepped
+
+
+def chunked_loss(loss_fn: Any, batch: dict) -> mx.array:
+    """``loss_fn(batch)``, split over the CPU streams where :func:`cpu_streams.map_chunks`
+    splits it."""
+    chunks = cpu_streams.map_chunks(loss_fn, batch)
+    return loss_fn(batch) if chunks is None else weighted_sum(chunks)
+
+
+def weighted_sum(parts: list[tuple[float, Any]]) -> Any:
+    """``sum(weight * value)`` over ``(weight, value)`` pairs of equal trees of arrays."""
+    total = None
+    for weight, value in parts:
+        scaled = nn.utils.tree_map(lambda x, w=weight: x * w, value)
+        total = scaled if total is None else nn.utils.tree_map(lambda a, b: a + b, total, scaled)
+    return total
 
 
 def _ema_copied_keys(model: nn.Module) -> set[str]:
@@ -226,6 +250,8 @@ class BaseWorkspace:
         random.seed(seed)
         mx.random.seed(seed)
         set_device(self.cfg.training.device)
+        # optional: upstream configs have no such key
+        cpu_streams.set_cpu_streams(self.cfg.training.get("cpu_streams"))
 
         self.model: Policy = hydra.utils.instantiate(self.cfg.policy)
         _require_type(self.model, self.policy_type, "policy")
@@ -431,7 +457,7 @@ class BaseWorkspace:
         self.policy_train_mode()
         train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema, group)
         val_loss_fn = mx.compile(
-            self.model.compute_loss,
+            partial(chunked_loss, self.model.compute_loss),
             inputs=[self.model.state, mx.random.state],
             outputs=[mx.random.state],
         )
@@ -590,6 +616,7 @@ class BaseWorkspace:
             mininterval=training.tqdm_interval_sec,
         ) as tepoch:
             for batch_idx, batch in enumerate(tepoch):
+                cpu_streams.use_blas_threads(cpu_streams.batch_rows(batch))
                 loss = loss_fn(batch)
                 mx.eval(loss)
                 losses.append(loss.item())

@@ -15,6 +15,7 @@ from policy_reference import (
     reference_sample,
 )
 
+from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.policy.diffusion_common import (
     CompiledStepCache,
     action_dim_from_shape_meta,
@@ -47,9 +48,17 @@ def inpainting_problem(seed: int = 0):
     return cond_data, cond_mask, global_cond
 
 
+@pytest.fixture(params=[1, 3], ids=["one_stream", "three_streams"])
+def n_streams(request):
+    """On the CPU, sample on one stream or with each of the B=3 rows on its own."""
+    cpu_streams.set_cpu_streams(request.param)
+    yield request.param
+    cpu_streams.set_cpu_streams(None)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("num_inference_steps", [100, 10])
-def test_conditional_sample_matches_upstream_loop(compiled, num_inference_steps):
+def test_conditional_sample_matches_upstream_loop(compiled, num_inference_steps, n_streams):
     cond_data, cond_mask, global_cond = inpainting_problem()
     model, scheduler, key = AffineDenoiser(), ddpm(), mx.random.key(7)
     expected = reference_sample(
@@ -114,7 +123,8 @@ def test_compiled_step_follows_weight_updates_without_retracing():
     compiled = sample(cache)
     assert model.calls == traces, "a weight update must not retrace the compiled step"
     np.testing.assert_allclose(compiled, sample(None), atol=1e-6)
-    assert len(cache.entries) == 1
+    # one entry per CPU stream's chunk of the rows (one when they are not split)
+    assert len(cache.entries) == max(1, len(cpu_streams.batch_chunks(B)))
 
 
 def test_step_cache_keys_and_deepcopy():

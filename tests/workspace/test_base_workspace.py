@@ -7,9 +7,11 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from mlx.optimizers import SGD
 from mlx.utils import tree_flatten
 from omegaconf import OmegaConf
 
+from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
 from diffusion_policy_mlx.config_compat import AdamW
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
@@ -69,6 +71,35 @@ def test_train_step_equals_value_and_grad_plus_adamw():
         ref_opt.update(reference, grads)
         assert stepped
         assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (k, a), (_, b) in zip(
+        tree_flatten(model.parameters()), tree_flatten(reference.parameters()), strict=True
+    ):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("n_streams", [2, 3])
+def test_train_step_split_over_cpu_streams_equals_the_whole_batch(n_streams):
+    """The batch's rows split over CPU streams: the same loss and update as one stream."""
+    model, reference = Regression(), Regression()
+    reference.update(model.parameters())
+    batches = _batches(3)
+    try:
+        # the split is decided when a step is traced, so each TrainStep runs under its own
+        cpu_streams.set_cpu_streams(n_streams)
+        split = TrainStep(model, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
+        losses = []
+        for batch in batches:
+            loss, _ = split(batch)
+            mx.eval(loss, split.state)
+            losses.append(loss.item())
+        cpu_streams.set_cpu_streams(1)
+        whole = TrainStep(reference, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
+        for batch, split_loss in zip(batches, losses, strict=True):
+            loss, _ = whole(batch)
+            mx.eval(loss, whole.state)
+            assert split_loss == pytest.approx(loss.item(), rel=1e-6)
+    finally:
+        cpu_streams.set_cpu_streams(None)
     for (k, a), (_, b) in zip(
         tree_flatten(model.parameters()), tree_flatten(reference.parameters()), strict=True
     ):
@@ -178,6 +209,39 @@ def _trained_workspace(tmp_path, overrides=()) -> TrainDiffusionUnetLowdimWorksp
 
 def _flat(module):
     return {k: np.array(v) for k, v in tree_flatten(module.parameters())}
+
+
+def test_policy_train_steps_split_over_cpu_streams_follow_the_whole_batch(tmp_path):
+    """The diffusion loss's noise and timesteps are drawn per sample: two streams' chunks draw
+    the whole batch's rows, so the split U-Net policy trains like the unsplit one."""
+    losses, params = {}, {}
+    try:
+        for n in (2, 1):
+            mx.random.seed(0)
+            workspace = TrainDiffusionUnetLowdimWorkspace(
+                _cfg(overrides=[f"training.cpu_streams={n}"]), output_dir=tmp_path / str(n)
+            )
+            workspace.model.set_normalizer(_fitted_normalizer())
+            rng = np.random.default_rng(2)
+            batch = {
+                "obs": mx.array(rng.normal(size=(5, 16, 20)), mx.float32),
+                "action": mx.array(rng.normal(size=(5, 16, 2)), mx.float32),
+            }
+            # SGD: parameter changes are the gradients (AdamW would blow float noise in
+            # near-zero gradients up to full-size steps)
+            step = TrainStep(workspace.model, SGD(learning_rate=0.1), 1)
+            losses[n] = []
+            for _ in range(3):
+                loss, _ = step(batch)
+                mx.eval(loss, step.state)
+                losses[n].append(loss.item())
+            params[n] = _flat(workspace.model)
+    finally:
+        cpu_streams.set_cpu_streams(None)
+    np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
+    assert len(set(losses[1])) == 3  # fresh noise every step
+    for k, v in params[1].items():
+        np.testing.assert_allclose(params[2][k], v, rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 def test_workspace_checkpoint_round_trip(tmp_path):
