@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.common.distributed import current_shard, sharded_draw
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 
 # Largest value ``mx.random.randint`` draws for a fresh key; any uint32 pair is a valid key.
@@ -209,7 +210,9 @@ def conditional_sample(
 
     Randomness comes from ``key`` (split into the initial noise and one key per step) or, when it
     is None, from a key drawn from MLX's global generator. With ``step_cache`` every step runs
-    the compiled :func:`denoise_step`; without it the same function runs eagerly. On the CPU
+    the compiled :func:`denoise_step`; without it the same function runs eagerly. A
+    :class:`ConditionalUnet1D` gets every step's FiLM features computed before the loop
+    (:meth:`ConditionalUnet1D.film_tables`). On the CPU
     the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the
     same result. Nothing is evaluated here: the result is a lazy array over the whole loop.
     """
@@ -218,13 +221,22 @@ def conditional_sample(
     scheduler.set_timesteps(num_inference_steps)
     timesteps = np.asarray(scheduler.timesteps).tolist()
     keys = mx.random.split(key, len(timesteps) + 1)
+    conds = {k: v for k, v in model_kwargs.items() if v is not None}
+    film_time = None
+    if isinstance(model, ConditionalUnet1D):
+        # every step's FiLM features in one go, ahead of the loop (ConditionalUnet1D.film_tables)
+        film_time, film_cond = model.film_tables(
+            mx.array(timesteps), conds.pop("global_cond", None)
+        )
+        if film_cond is not None:
+            conds["film_cond"] = film_cond
     rows = {
         "trajectory": mx.random.normal(
             condition_data.shape, dtype=condition_data.dtype, key=keys[0]
         ),
         "condition_data": condition_data,
         "condition_mask": condition_mask,
-        "conds": {k: v for k, v in model_kwargs.items() if v is not None},
+        "conds": conds,
     }
 
     def denoise(rows: dict) -> mx.array:
@@ -234,13 +246,16 @@ def conditional_sample(
             step = step_cache.get(model, scheduler, num_inference_steps, step_kwargs)
         trajectory = rows["trajectory"]
         for i, t in enumerate(timesteps):
+            conds = (
+                rows["conds"] if film_time is None else {**rows["conds"], "film_time": film_time[i]}
+            )
             trajectory = step(
                 trajectory,
                 mx.array(t),
                 keys[i + 1],
                 rows["condition_data"],
                 rows["condition_mask"],
-                rows["conds"],
+                conds,
             )
         # The last step's output is not inpainted inside the loop.
         return mx.where(rows["condition_mask"], rows["condition_data"], trajectory)

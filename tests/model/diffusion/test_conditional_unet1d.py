@@ -182,3 +182,22 @@ def test_compiles_and_matches_eager(fixtures_dir):
     )
     fn = mx.compile(lambda s, ts, g: model(s, ts, global_cond=g))
     np.testing.assert_allclose(np.array(fn(*args)), t["output.prediction"], **TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_film_tables_give_the_same_prediction(fixtures_dir, name):
+    """The FiLM features of a whole loop, computed ahead, replace the per-step condition
+    encoders: the same output at every step."""
+    model, t = load_fixture(fixtures_dir, name)
+    sample = mx.array(t["input.sample"])
+    kwargs = cond_kwargs(t)
+    timesteps = mx.array([99, 40, 0])
+    film_time, film_cond = model.film_tables(timesteps, kwargs.get("global_cond"))
+    width = sum(block.film_channels for block in model.film_blocks())
+    assert film_time.shape == (3, width)
+    assert (film_cond is None) == ("global_cond" not in kwargs)
+    local = {"local_cond": kwargs["local_cond"]} if "local_cond" in kwargs else {}
+    for s in range(3):
+        expected = model(sample, timesteps[s], **kwargs)
+        got = model(sample, 0, film_time=film_time[s], film_cond=film_cond, **local)
+        np.testing.assert_allclose(np.array(got), np.array(expected), **TOL)
