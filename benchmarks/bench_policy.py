@@ -11,16 +11,28 @@ with DDPM 100 steps and DDIM 16 steps, and at batch 56 (a full evaluation's) wit
 training step (loss, gradients, AdamW, EMA) at the config's batch size; and each one's peak
 memory. ``--torch-compile reduce-overhead`` runs upstream's denoiser under ``torch.compile``
 (CUDA graphs on the GPU); every measurement's first call (compilation) is listed. Without upstream (no ``--upstream`` and no ``DP_UPSTREAM_PATH``) only ours is timed.
+
+``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` here (set it to measure otherwise; it is recorded).
+torch's OpenMP workers otherwise spin after every parallel region, on every core, and steal
+the CPU from whatever runs next in the process. Both libraries' host-bound calls pay for
+it: on the H200 machine (16 cores), ours at DDPM 100 batch 1 took 197 ms right after a
+``torch.compile``d upstream call with spinning workers and 134 ms with sleeping ones, and
+upstream's own took 194 and 179 ms; on the 2-core CPU upstream's DDIM 16 at batch 1 took 2.4 s
+with spinning workers and 0.58 s with sleeping ones.
 """
 
 from __future__ import annotations  # noqa: I001
 
+import os
+
+# Read by torch's OpenMP runtime when torch is imported (see the docstring).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401
+import diffusion_policy_mlx  # noqa: F401, E402, I001
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
