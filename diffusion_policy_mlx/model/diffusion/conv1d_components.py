@@ -68,6 +68,30 @@ class Upsample1d(nn.Module):
         return y + self.conv.bias
 
 
+# At most this many (batch x time) rows, a CPU convolution runs as weight @ columns^T.
+FEW_ROWS = 4
+
+
+def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
+    """``conv(x)`` (stride 1, odd kernel, 'same' padding) as ``weight @ columns^T``:
+    (B, T, C_in) -> (B, T, C_out).
+
+    For a handful of rows (batch 1 at the U-Net's deepest level, T = 4) a convolution is
+    a pass over its weights. MLX hands it to BLAS as ``columns @ weight^T``, with the
+    weight as the wide operand, which OpenBLAS packs in full before multiplying: 3.1 ms for
+    a 1024-channel kernel-5 layer (21 MB) on a 2-core EPYC. With the weight as the tall
+    left operand it is packed block by block while in cache: 2.0 ms.
+    """
+    batch, length, _ = x.shape
+    weight = conv.weight  # (C_out, K, C_in)
+    c_out, kernel, _ = weight.shape
+    pad = kernel // 2
+    padded = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
+    cols = mx.concatenate([padded[:, k : k + length] for k in range(kernel)], axis=-1)
+    y = weight.reshape(c_out, -1) @ cols.reshape(batch * length, -1).T  # (C_out, B * T)
+    return y.T.reshape(batch, length, c_out) + conv.bias
+
+
 class Conv1dBlock(nn.Module):
     """Conv1d -> GroupNorm -> Mish, length preserving: (B, T, C_in) -> (B, T, C_out)."""
 
@@ -98,13 +122,16 @@ class Conv1dBlock(nn.Module):
         """``block(x) * scale + shift + residual``: the optional FiLM ``scale``, ``shift``
         (B, C_out) and ``residual`` (B, T, C_out) of ``ConditionalResidualBlock1D``, taken here
         so that on NVIDIA GPUs in eval mode one fused kernel applies them with the norm."""
-        conv, norm, _ = self.block
+        conv, norm, mish = self.block
+        if mx.default_device() == mx.cpu and x.shape[0] * x.shape[1] <= FEW_ROWS:
+            x = conv1d_few_rows(conv, x)
+        else:
+            x = conv(x)
         if not self.training and fused_available():
             return group_norm_mish(
-                conv(x), norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual
+                x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual
             )
-        for layer in self.block:
-            x = layer(x)
+        x = mish(norm(x))
         if scale is not None:
             x = x * scale[:, None, :]
         if shift is not None:

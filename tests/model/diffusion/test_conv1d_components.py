@@ -11,6 +11,7 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Conv1dBlock,
     Downsample1d,
     Upsample1d,
+    conv1d_few_rows,
 )
 
 RNG = np.random.default_rng(0)
@@ -136,6 +137,56 @@ def test_conv1d_block():
     h = conv1d_ref(x, sd["block.0.weight"], sd["block.0.bias"], padding=2)
     expected = mish_ref(group_norm_ref(h, 4, sd["block.1.weight"], sd["block.1.bias"]))
     np.testing.assert_allclose(from_cl(y), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("shape", [(1, 4), (2, 2), (1, 1)])
+def test_conv1d_few_rows_is_the_convolution_and_its_gradient(kernel, shape):
+    batch, length = shape
+    m = Conv1dBlock(6, 8, kernel_size=kernel, n_groups=4)
+    conv = m.block[0]
+    x = mx.array(randn(batch, length, 6), mx.float32)
+    w = conv.weight.transpose(0, 2, 1)  # torch layout (O, C_in, K)
+    expected = conv1d_ref(
+        np.array(x).transpose(0, 2, 1), np.array(w), np.array(conv.bias), padding=kernel // 2
+    )
+    np.testing.assert_allclose(from_cl(conv1d_few_rows(conv, x)), expected, atol=1e-5)
+    cotangent = mx.array(randn(batch, length, 8), mx.float32)
+
+    def loss(fn, x, weight):
+        conv.weight = weight
+        return mx.sum(fn(x) * cotangent)
+
+    grads = [
+        mx.grad(lambda x, w, fn=fn: loss(fn, x, w), argnums=(0, 1))(x, conv.weight)
+        for fn in (lambda x: conv1d_few_rows(conv, x), conv)
+    ]
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5)
+
+
+def test_conv1d_block_takes_the_few_rows_path_on_the_cpu(monkeypatch):
+    """Batch 1 at T = 4 on the CPU: the weight-stationary path, the same block output."""
+    from diffusion_policy_mlx.model.diffusion import conv1d_components
+
+    calls = []
+
+    def spy(conv, x):
+        calls.append(x.shape)
+        return conv1d_few_rows(conv, x)
+
+    monkeypatch.setattr(conv1d_components, "conv1d_few_rows", spy)
+    m = Conv1dBlock(16, 16, kernel_size=5, n_groups=8)
+    x = mx.array(randn(1, 4, 16), mx.float32)
+    with mx.stream(mx.cpu):
+        few = m(x)
+        assert calls == [(1, 4, 16)]
+        m(mx.array(randn(1, 8, 16), mx.float32))  # 8 rows: MLX's convolution
+        assert len(calls) == 1
+        monkeypatch.setattr(conv1d_components, "FEW_ROWS", 0)
+        plain = m(x)
+        assert len(calls) == 1
+    np.testing.assert_allclose(np.array(few), np.array(plain), atol=1e-6)
 
 
 def test_conv1d_block_names_match_torch_sequential():
