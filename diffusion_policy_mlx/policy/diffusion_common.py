@@ -22,6 +22,9 @@ from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
 
+# conditional_sample computes a ConditionalUnet1D's FiLM features ahead of the loop; False is
+# the other side of benchmarks/bench_film_tables.py.
+PRECOMPUTE_FILM = True
 # Largest value ``mx.random.randint`` draws for a fresh key; any uint32 pair is a valid key.
 _KEY_HIGH = 2**31 - 1
 
@@ -223,7 +226,7 @@ def conditional_sample(
     keys = mx.random.split(key, len(timesteps) + 1)
     conds = {k: v for k, v in model_kwargs.items() if v is not None}
     film_time = None
-    if isinstance(model, ConditionalUnet1D):
+    if PRECOMPUTE_FILM and isinstance(model, ConditionalUnet1D):
         # every step's FiLM features in one go, ahead of the loop (ConditionalUnet1D.film_tables)
         film_time, film_cond = model.film_tables(
             mx.array(timesteps), conds.pop("global_cond", None)
