@@ -20,7 +20,7 @@ from pathlib import Path
 from diffusion_policy_mlx.policy import diffusion_common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_ab import compare_paths  # noqa: E402
+from predict_ab import CASES, compare_paths  # noqa: E402
 
 
 def use_tables(on: bool) -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         args.device,
         args.repeats,
         {"per_step": lambda: use_tables(False), "tables": lambda: use_tables(True)},
-        with_b56=not args.no_b56,
+        CASES[:2] if args.no_b56 else CASES,
     )
 
 

@@ -26,18 +26,20 @@ from sides import (  # noqa: E402
     translate_config,
 )
 
+CASES = ("ddpm100_b1", "ddim16_b1", "ddim16_b56")
+
 
 def compare_paths(
     config: str,
     device: str,
     repeats: int,
     paths: dict[str, Callable[[], None]],
-    with_b56: bool = True,
+    cases: tuple[str, ...] = CASES,
 ) -> None:
-    """For DDPM 100 and DDIM 16 at batch 1 (and DDIM 16 at batch 56), time ``predict_action``
-    on each of ``paths`` (name -> a function that switches to that path) and print one JSON
-    line per case: each path's median in ms, the first path's time over the second's
-    (``speedup``) and the largest difference between their actions."""
+    """For each of ``cases`` (of :data:`CASES`), time ``predict_action`` on each of ``paths``
+    (name -> a function that switches to that path) and print one JSON line per case: each
+    path's median in ms, the first path's time over the second's (``speedup``) and the largest
+    difference between their actions."""
     cfg, workspace = build(config, [f"training.device={device}"])
     policy = workspace.model
     _, normalizer = synthetic(cfg, 56)
@@ -47,12 +49,14 @@ def compare_paths(
     obs1 = {k: v[:1] for k, v in obs56.items()}
     ddim_cfg = translate_config(compose_config(CONFIG_DIR, DDIM_CONFIG, "pusht_image", []))
     ddim = hydra.utils.instantiate(ddim_cfg.policy.noise_scheduler)
-    cases = [("DDPM", policy.noise_scheduler, 100, obs1), ("DDIM", ddim, 16, obs1)]
-    if with_b56:
-        cases.append(("DDIM", ddim, 16, obs56))
+    known = {
+        "ddpm100_b1": ("DDPM", policy.noise_scheduler, 100, obs1),
+        "ddim16_b1": ("DDIM", ddim, 16, obs1),
+        "ddim16_b56": ("DDIM", ddim, 16, obs56),
+    }
 
     names = list(paths)
-    for label, scheduler, steps, obs in cases:
+    for label, scheduler, steps, obs in (known[case] for case in cases):
         policy.noise_scheduler = scheduler
         policy.num_inference_steps = steps
         # a path may change what the step traces, so each keeps its own compiled steps

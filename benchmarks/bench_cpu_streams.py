@@ -1,0 +1,44 @@
+"""A batch split over one MLX CPU stream per core (``common/cpu_streams.py``) against one
+stream, in whole ``predict_action`` calls of a default policy at batch 56 (DDIM 16), same
+process, same weights and noise, alternating call by call:
+
+    python benchmarks/bench_cpu_streams.py
+    python benchmarks/bench_cpu_streams.py --config train_diffusion_unet_hybrid_workspace
+
+The training step's counterpart is ``DP_MLX_CPU_STREAMS=1 python benchmarks/bench_train_step.py``
+against the same command without the variable. Prints one JSON line: each path's median, their
+ratio and the largest difference between their actions.
+"""
+
+# Before mlx.core: the package loads the fast CPU BLAS on import.
+import diffusion_policy_mlx  # noqa: F401, I001
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffusion_policy_mlx.common import cpu_streams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_ab import compare_paths  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    compare_paths(
+        args.config,
+        "cpu",
+        args.repeats,
+        {
+            "one_stream": lambda: cpu_streams.set_cpu_streams(1),
+            "split": lambda: cpu_streams.set_cpu_streams(None),
+        },
+        ("ddim16_b56",),
+    )
+
+
+if __name__ == "__main__":
+    main()
