@@ -24,7 +24,7 @@ OURS_ONLY = [
 # Intended differences: MLX device naming and where runs are written.
 DIFFERENT = {"training.device", "multi_run.run_dir", "multi_run.wandb_name_base", "logging.name"}
 # Keys only ours have: the image dataset loads just the observations the policy reads; how many
-# CPU streams a batch is split over (null: one per core).
+# CPU streams a batch is split over (null: the package's default).
 OURS_ONLY_KEYS = {"task.dataset.n_obs_steps", "training.cpu_streams"}
 
 
