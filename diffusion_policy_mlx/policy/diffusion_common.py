@@ -215,9 +215,9 @@ def conditional_sample(
     is None, from a key drawn from MLX's global generator. With ``step_cache`` every step runs
     the compiled :func:`denoise_step`; without it the same function runs eagerly. A
     :class:`ConditionalUnet1D` gets every step's FiLM features computed before the loop
-    (:meth:`ConditionalUnet1D.film_tables`). On the CPU
-    the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the
-    same result. Nothing is evaluated here: the result is a lazy array over the whole loop.
+    (:meth:`ConditionalUnet1D.film_tables`). On the CPU the batch's rows are split over
+    :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the same result. Nothing is
+    evaluated here: the result is a lazy array over the whole loop.
     """
     if key is None:
         key = random_key()
