@@ -12,6 +12,17 @@ from diffusion_policy_mlx.model.common.activation import Mish
 from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
 
+def conv1d_columns(x: mx.array, kernel: int, stride: int, padding: int) -> mx.array:
+    """The input taps of every output step side by side (im2col): (B, T, C) ->
+    (B, T_out, kernel * C), tap-major like an MLX conv weight (C_out, kernel, C_in) flattened,
+    so that ``columns @ weight.reshape(C_out, -1).T`` is the convolution."""
+    out_length = (x.shape[1] + 2 * padding - kernel) // stride + 1
+    padded = mx.pad(x, [(0, 0), (padding, padding), (0, 0)])
+    # output step t reads padded steps stride * t + k, k = 0 .. kernel - 1
+    taps = [padded[:, k : k + stride * (out_length - 1) + 1 : stride] for k in range(kernel)]
+    return mx.concatenate(taps, axis=-1)
+
+
 class Downsample1d(nn.Module):
     """Halves the horizon with a stride-2 convolution: (B, T, dim) -> (B, ceil(T/2), dim).
 
@@ -28,13 +39,8 @@ class Downsample1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if mx.default_device() != mx.cpu:
             return self.conv(x)
-        batch, length, _ = x.shape
-        out_length = (length + 1) // 2
-        padded = mx.pad(x, [(0, 0), (1, 1), (0, 0)])
-        # output step t reads padded steps 2t, 2t + 1, 2t + 2 (taps 0, 1, 2)
-        taps = [padded[:, k : k + 2 * out_length - 1 : 2] for k in range(3)]
         weight = self.conv.weight  # (C_out, 3, C_in)
-        cols = mx.concatenate(taps, axis=-1)  # (B, T_out, 3 * C_in), tap-major like the weight
+        cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
         return cols @ weight.reshape(weight.shape[0], -1).T + self.conv.bias
 
 
@@ -85,9 +91,7 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
     batch, length, _ = x.shape
     weight = conv.weight  # (C_out, K, C_in)
     c_out, kernel, _ = weight.shape
-    pad = kernel // 2
-    padded = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
-    cols = mx.concatenate([padded[:, k : k + length] for k in range(kernel)], axis=-1)
+    cols = conv1d_columns(x, kernel, stride=1, padding=kernel // 2)
     y = weight.reshape(c_out, -1) @ cols.reshape(batch * length, -1).T  # (C_out, B * T)
     return y.T.reshape(batch, length, c_out) + conv.bias
 
