@@ -146,6 +146,21 @@ def map_chunks(
     return results
 
 
+def chunked_mean(fn: Callable[[Any], R], batch: Any, shard: Shard | None = None) -> R:
+    """``fn(batch)`` for an ``fn`` that returns batch means (a loss; a loss and its gradients),
+    split over the CPU streams where :func:`map_chunks` splits the batch: the chunks' trees
+    weighted by chunk size and summed. Unsplit, ``fn`` runs under ``batch_shard(shard)``."""
+    parts = map_chunks(fn, batch, shard)
+    if parts is None:
+        with batch_shard(shard):
+            return fn(batch)
+    total = None
+    for weight, value in parts:
+        scaled = tree_map(lambda x, w=weight: x * w, value)
+        total = scaled if total is None else tree_map(lambda a, b: a + b, total, scaled)
+    return total
+
+
 def use_blas_threads(batch_size: int) -> None:
     """Before building the graph of work over ``batch_size`` rows: give the BLAS the cores
     left per stream where the rows are split (1 thread per stream on 2 cores), all cores

@@ -249,7 +249,7 @@ def conditional_sample(
             step = step_cache.get(model, scheduler, num_inference_steps, step_kwargs)
         trajectory = rows["trajectory"]
         for i, t in enumerate(timesteps):
-            conds = (
+            step_conds = (
                 rows["conds"] if film_time is None else {**rows["conds"], "film_time": film_time[i]}
             )
             trajectory = step(
@@ -258,7 +258,7 @@ def conditional_sample(
                 keys[i + 1],
                 rows["condition_data"],
                 rows["condition_mask"],
-                conds,
+                step_conds,
             )
         # The last step's output is not inpainted inside the loop.
         return mx.where(rows["condition_mask"], rows["condition_data"], trajectory)

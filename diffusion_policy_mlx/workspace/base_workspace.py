@@ -38,7 +38,7 @@ from diffusion_policy_mlx.common.checkpoint_util import (
     CheckpointMismatchError,
     TopKCheckpointManager,
 )
-from diffusion_policy_mlx.common.distributed import Shard, batch_shard
+from diffusion_policy_mlx.common.distributed import Shard
 from diffusion_policy_mlx.common.json_logger import JsonLogger
 from diffusion_policy_mlx.config_compat import set_device, translate_config
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset
@@ -120,12 +120,8 @@ class TrainStep:
                 )
             )
 
-        def shard_loss_and_grad(batch: dict, shard: Shard | None) -> tuple[mx.array, dict]:
-            chunks = cpu_streams.map_chunks(loss_and_grad, batch, shard)
-            if chunks is None:
-                with batch_shard(shard):
-                    return loss_and_grad(batch)
-            return weighted_sum(chunks)
+        # (loss, grads) of the batch, or of this rank's shard, split over the CPU's streams
+        shard_loss_and_grad = partial(cpu_streams.chunked_mean, loss_and_grad)
 
         # The shard's three ints are compile-time constants: a new shard shape retraces.
         def fused(batch: dict, decay: mx.array, *shard_ints: int) -> mx.array:
@@ -193,22 +189,6 @@ class TrainStep:
         if self.ema is not None:
             self.ema_update(self._next_decay())
         return loss, stepped
-
-
-def chunked_loss(loss_fn: Any, batch: dict) -> mx.array:
-    """``loss_fn(batch)``, split over the CPU streams where :func:`cpu_streams.map_chunks`
-    splits it."""
-    chunks = cpu_streams.map_chunks(loss_fn, batch)
-    return loss_fn(batch) if chunks is None else weighted_sum(chunks)
-
-
-def weighted_sum(parts: list[tuple[float, Any]]) -> Any:
-    """``sum(weight * value)`` over ``(weight, value)`` pairs of equal trees of arrays."""
-    total = None
-    for weight, value in parts:
-        scaled = nn.utils.tree_map(lambda x, w=weight: x * w, value)
-        total = scaled if total is None else nn.utils.tree_map(lambda a, b: a + b, total, scaled)
-    return total
 
 
 def _ema_copied_keys(model: nn.Module) -> set[str]:
@@ -457,7 +437,7 @@ class BaseWorkspace:
         self.policy_train_mode()
         train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema, group)
         val_loss_fn = mx.compile(
-            partial(chunked_loss, self.model.compute_loss),
+            partial(cpu_streams.chunked_mean, self.model.compute_loss),
             inputs=[self.model.state, mx.random.state],
             outputs=[mx.random.state],
         )

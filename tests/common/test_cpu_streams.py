@@ -6,7 +6,7 @@ import pytest
 
 from diffusion_policy_mlx import blas
 from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.common.distributed import Shard, sharded_draw
+from diffusion_policy_mlx.common.distributed import Shard, current_shard, sharded_draw
 
 
 @pytest.fixture
@@ -64,6 +64,22 @@ def test_map_chunks_weights_make_the_batch_mean(streams):
     assert total == pytest.approx(91 / 7)  # mean of 0, 1, 4, ..., 36
     streams(1)
     assert cpu_streams.map_chunks(lambda b: b, {"x": x}) is None
+
+
+def test_chunked_mean_is_the_batch_mean_of_every_leaf(streams):
+    x = mx.arange(7, dtype=mx.float32) ** 2
+
+    def means(batch):
+        return {"mean": mx.mean(batch), "pair": (mx.mean(2 * batch), mx.mean(batch + 1))}
+
+    for n in (3, 1):
+        streams(n)
+        got = cpu_streams.chunked_mean(means, x)
+        assert got["mean"].item() == pytest.approx(91 / 7)
+        assert [v.item() for v in got["pair"]] == pytest.approx([182 / 7, 98 / 7])
+    # unsplit, fn sees the shard it was given
+    seen = cpu_streams.chunked_mean(lambda b: current_shard(), x, Shard(2, 7, 9))
+    assert seen == Shard(2, 7, 9)
 
 
 def test_chunks_keep_their_rows_of_the_whole_batch_draw(streams):
