@@ -4,6 +4,12 @@
 
 The BLAS is chosen when the package is imported, so each mode runs in its own subprocess
 (``DP_MLX_BLAS=off`` for the bundled reference BLAS). Medians of 10 calls after 3 warm-ups.
+
+The weight-stream columns are what bounds sampling at batch 1: the U-Net's convolutions at its
+deepest level (1024 channels, kernel 5, 21 MB of weights each) over 4 rows (batch 1 at T = 4,
+our ``conv1d_few_rows``) and 16 rows (``mx.conv1d``), through 12 such layers, 252 MB (the lowdim
+U-Net holds 263 MB), more than any cache, as a forward pass streams them: weight bytes per
+second. The machine's plain read rate, numpy summing 252 MB, is printed above the table.
 """
 
 import os
@@ -13,13 +19,18 @@ import sys
 import time
 
 N = 1024
+STREAM_LAYERS = 12
 MODES = {"bundled": {"DP_MLX_BLAS": "off"}, "optimized": {}}
 
 
 def measure() -> None:
-    """Runs inside one subprocess: print the chosen BLAS, matmul GFLOP/s and conv1d ms."""
+    """Runs inside one subprocess: print the chosen BLAS, matmul GFLOP/s, conv1d ms and the
+    weight-stream GB/s at 4 and 16 rows."""
     import diffusion_policy_mlx  # noqa: I001  (before mlx.core: it loads the BLAS)
     import mlx.core as mx
+    import mlx.nn as nn
+
+    from diffusion_policy_mlx.model.diffusion.conv1d_components import FEW_ROWS, conv1d_few_rows
 
     def median_seconds(fn) -> float:
         for _ in range(3):
@@ -37,12 +48,40 @@ def measure() -> None:
     gflops = 2 * N**3 / median_seconds(lambda: a @ b) / 1e9
     conv_ms = median_seconds(lambda: mx.conv1d(x, w, padding=2)) * 1e3
     lib = diffusion_policy_mlx.blas_info().library or "MLX bundled reference BLAS"
-    print(f"{gflops:.1f}\t{conv_ms:.2f}\t{lib}")
+
+    layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
+    mx.eval([layer.parameters() for layer in layers])
+    weight_bytes = sum(layer.weight.nbytes for layer in layers)
+    stream = []
+    for rows in (4, 16):
+        x = mx.random.normal((1, rows, 1024))
+        conv = conv1d_few_rows if rows <= FEW_ROWS else nn.Conv1d.__call__
+        seconds = median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers])
+        stream.append(f"{weight_bytes / seconds / 1e9:.1f}")
+    print("\t".join([f"{gflops:.1f}", f"{conv_ms:.2f}", *stream, lib]))
+
+
+def read_rate() -> float:
+    """GB/s of numpy summing 252 MB of float32: the machine's plain read rate."""
+    import numpy as np
+
+    a = np.ones(STREAM_LAYERS * 1024 * 5 * 1024, dtype=np.float32)
+    a.sum()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        a.sum()
+        times.append(time.perf_counter() - start)
+    return a.nbytes / statistics.median(times) / 1e9
 
 
 def main() -> None:
-    print(f"| BLAS | {N}x{N} float32 matmul | (1,16,1024)x(1024,5,1024) conv1d | library |")
-    print("| --- | ---: | ---: | --- |")
+    print(f"numpy read of 252 MB: {read_rate():.1f} GB/s\n")
+    print(
+        f"| BLAS | {N}x{N} float32 matmul | (1,16,1024)x(1024,5,1024) conv1d "
+        "| weight stream, 4 rows | weight stream, 16 rows | library |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
     for name, env in MODES.items():
         out = subprocess.run(
             [sys.executable, "-W", "ignore", __file__, "--child"],
@@ -51,8 +90,10 @@ def main() -> None:
             text=True,
             check=True,
         ).stdout.strip()
-        gflops, conv_ms, lib = out.split("\t")
-        print(f"| {name} | {gflops} GFLOP/s | {conv_ms} ms | {lib} |")
+        gflops, conv_ms, rows4, rows16, lib = out.split("\t")
+        print(
+            f"| {name} | {gflops} GFLOP/s | {conv_ms} ms | {rows4} GB/s | {rows16} GB/s | {lib} |"
+        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 Measurements (medians after warm-up; ours and upstream alternate call by call so that load on a
 shared machine hits both alike): the denoiser forward at batch 1; ``predict_action`` at batch 1
 with DDPM 100 steps and DDIM 16 steps, and at batch 56 (a full evaluation's) with DDIM 16; one
-training step (loss, gradients, AdamW, EMA) at the config's batch size; and each one's peak
+training step (loss, gradients, AdamW, EMA) at the config's batch size, and its phases (the
+loss alone; the loss and its gradients), for where a step's time goes; and each one's peak
 memory. ``--torch-compile reduce-overhead`` runs upstream's denoiser under ``torch.compile``
 (CUDA graphs on the GPU); every measurement's first call (compilation) is listed. Without upstream (no ``--upstream`` and no ``DP_UPSTREAM_PATH``) only ours is timed.
 
@@ -89,6 +90,14 @@ MEASUREMENTS = [
         "predict_ddim16_b56",
         "predict_action, DDIM 16 steps, batch 56",
         lambda s, i: s.predict(i.obs_b56, "ddim", 16),
+    ),
+    # A training step's phases, for where its time goes: the loss, then the loss and gradients
+    # (the step less AdamW and EMA). Neither changes the weights.
+    Measurement("train_loss", "train loss forward", lambda s, i: s.train_loss(i.train_batch)),
+    Measurement(
+        "train_loss_grad",
+        "train loss + gradients",
+        lambda s, i: s.train_loss_grad(i.train_batch),
     ),
     # Last: it changes the weights.
     Measurement(
@@ -266,7 +275,7 @@ def bench_policy(
             f"{spec.key} {m.key}: first call "
             + ", ".join(f"{side} {_fmt_time(t)}" for side, t in first.items())
         )
-        label = m.label + (f", batch {batch_size}" if m.key == "train_step" else "")
+        label = m.label + (f", batch {batch_size}" if m.key.startswith("train") else "")
         result = Result(spec.key, m.key, label, times["ours"], times.get("upstream", []))
         if not args.no_memory:
             result.ours_peak_bytes = ours.peak_memory(fns["ours"])

@@ -19,15 +19,18 @@ import tempfile
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.common.upstream import load_upstream_state_dict
 from diffusion_policy_mlx.config_compat import translate_config
 from diffusion_policy_mlx.workspace.base_workspace import TrainStep
@@ -133,6 +136,15 @@ class Side:
     def predict(self, obs: dict[str, np.ndarray], scheduler: str, steps: int) -> Callable[[], None]:
         raise NotImplementedError
 
+    def train_loss(self, batch: dict[str, Any]) -> Callable[[], None]:
+        """The training loss alone (train mode, random noise and timesteps), as the first phase
+        of a training step."""
+        raise NotImplementedError
+
+    def train_loss_grad(self, batch: dict[str, Any]) -> Callable[[], None]:
+        """The training loss and its gradients: a training step without AdamW and EMA."""
+        raise NotImplementedError
+
     def train_step(self, batch: dict[str, Any]) -> Callable[[], None]:
         raise NotImplementedError
 
@@ -219,6 +231,29 @@ class OursSide(Side):
             mx.eval(policy.predict_action(obs_mx, key=key)["action"])
 
         return run
+
+    def _train_phase(self, batch: dict[str, Any], fn: Callable) -> Callable[[], None]:
+        """``fn(batch)`` compiled as the training step compiles it: the batch split over the
+        CPU streams, model and random state as inputs and outputs."""
+        self.workspace.policy_train_mode()
+        model = self.workspace.model
+        state = [model.state, mx.random.state]
+        compiled = mx.compile(partial(cpu_streams.chunked_mean, fn), inputs=state, outputs=state)
+        batch_mx = _tree_map(mx.array, batch)
+        rows = cpu_streams.batch_rows(batch_mx)
+
+        def run() -> None:
+            cpu_streams.use_blas_threads(rows)
+            mx.eval(compiled(batch_mx))
+
+        return run
+
+    def train_loss(self, batch: dict[str, Any]) -> Callable[[], None]:
+        return self._train_phase(batch, self.workspace.model.compute_loss)
+
+    def train_loss_grad(self, batch: dict[str, Any]) -> Callable[[], None]:
+        model = self.workspace.model
+        return self._train_phase(batch, nn.value_and_grad(model, model.compute_loss))
 
     def train_step(self, batch: dict[str, Any]) -> Callable[[], None]:
         ws = self.workspace
@@ -386,6 +421,29 @@ class UpstreamSide(Side):
         def run() -> None:
             with torch.inference_mode():
                 policy.predict_action(obs_t)
+            self.sync()
+
+        return run
+
+    def train_loss(self, batch: dict[str, Any]) -> Callable[[], None]:
+        policy = self.policy
+        policy.train()
+        batch_t = _tree_map(lambda a: self.torch.from_numpy(a).to(self.device), batch)
+
+        def run() -> None:
+            policy.compute_loss(batch_t)  # with autograd recording, as in training
+            self.sync()
+
+        return run
+
+    def train_loss_grad(self, batch: dict[str, Any]) -> Callable[[], None]:
+        policy, optimizer = self.policy, self.optimizer
+        policy.train()
+        batch_t = _tree_map(lambda a: self.torch.from_numpy(a).to(self.device), batch)
+
+        def run() -> None:
+            policy.compute_loss(batch_t).backward()
+            optimizer.zero_grad()
             self.sync()
 
         return run
