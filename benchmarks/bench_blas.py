@@ -5,13 +5,15 @@
 The BLAS is chosen when the package is imported, so each mode runs in its own subprocess
 (``DP_MLX_BLAS=off`` for the bundled reference BLAS). Medians of 10 calls after 3 warm-ups.
 
-The weight-stream columns are what bounds sampling at batch 1: the U-Net's convolutions at its
-deepest level (1024 channels, kernel 5, 21 MB of weights each) over 4 rows (batch 1 at T = 4,
+The second table is what bounds sampling at batch 1: the U-Net's convolutions at its deepest
+level (1024 channels, kernel 5, 21 MB of float32 weights each) over 4 rows (batch 1 at T = 4,
 our ``conv1d_few_rows``) and 16 rows (``mx.conv1d``), through 12 such layers, 252 MB (the lowdim
-U-Net holds 263 MB), more than any cache, as a forward pass streams them: weight bytes per
-second. The machine's plain read rate, numpy summing 252 MB, is printed above the table.
+U-Net holds 263 MB), more than any cache, as a forward pass streams them; then the same 4-row
+products with bfloat16 and 8-bit (``mx.quantize``, groups of 64) weights, fewer bytes to read.
+Rates are bytes of weights as stored per second, next to numpy's plain read of 252 MB.
 """
 
+import json
 import os
 import statistics
 import subprocess
@@ -24,8 +26,7 @@ MODES = {"bundled": {"DP_MLX_BLAS": "off"}, "optimized": {}}
 
 
 def measure() -> None:
-    """Runs inside one subprocess: print the chosen BLAS, matmul GFLOP/s, conv1d ms and the
-    weight-stream GB/s at 4 and 16 rows."""
+    """Runs inside one subprocess: print one JSON line of the chosen BLAS's figures."""
     import diffusion_policy_mlx  # noqa: I001  (before mlx.core: it loads the BLAS)
     import mlx.core as mx
     import mlx.nn as nn
@@ -45,20 +46,43 @@ def measure() -> None:
     a, b = mx.random.normal((N, N)), mx.random.normal((N, N))
     x, w = mx.random.normal((1, 16, 1024)), mx.random.normal((1024, 5, 1024))
     mx.eval(a, b, x, w)
-    gflops = 2 * N**3 / median_seconds(lambda: a @ b) / 1e9
-    conv_ms = median_seconds(lambda: mx.conv1d(x, w, padding=2)) * 1e3
-    lib = diffusion_policy_mlx.blas_info().library or "MLX bundled reference BLAS"
+    result = {
+        "library": diffusion_policy_mlx.blas_info().library or "MLX bundled reference BLAS",
+        "matmul_gflops": 2 * N**3 / median_seconds(lambda: a @ b) / 1e9,
+        "conv1d_ms": median_seconds(lambda: mx.conv1d(x, w, padding=2)) * 1e3,
+    }
 
     layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
     mx.eval([layer.parameters() for layer in layers])
-    weight_bytes = sum(layer.weight.nbytes for layer in layers)
-    stream = []
+    stream = {}
     for rows in (4, 16):
         x = mx.random.normal((1, rows, 1024))
         conv = conv1d_few_rows if rows <= FEW_ROWS else nn.Conv1d.__call__
-        seconds = median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers])
-        stream.append(f"{weight_bytes / seconds / 1e9:.1f}")
-    print("\t".join([f"{gflops:.1f}", f"{conv_ms:.2f}", *stream, lib]))
+        stream[f"float32, {rows} rows"] = (
+            median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers]),
+            sum(layer.weight.nbytes for layer in layers),
+        )
+    # The same 4-row products with the weights in fewer bytes: (4, 5 * 1024) columns.
+    cols = mx.random.normal((4, 5 * 1024))
+    flat = [layer.weight.reshape(1024, -1) for layer in layers]
+    half = [f.astype(mx.bfloat16) for f in flat]
+    quant = [mx.quantize(f, group_size=64, bits=8) for f in flat]
+    mx.eval(cols, half, quant)
+    cols_half = cols.astype(mx.bfloat16)
+    stream["bfloat16, 4 rows"] = (
+        median_seconds(lambda: [h @ cols_half.T for h in half]),
+        sum(h.nbytes for h in half),
+    )
+    stream["8-bit, 4 rows"] = (
+        median_seconds(
+            lambda: [
+                mx.quantized_matmul(cols, *q, transpose=True, group_size=64, bits=8) for q in quant
+            ]
+        ),
+        sum(sum(part.nbytes for part in q) for q in quant),
+    )
+    result["stream"] = {k: (t * 1e3, nbytes / t / 1e9) for k, (t, nbytes) in stream.items()}
+    print(json.dumps(result))
 
 
 def read_rate() -> float:
@@ -76,12 +100,7 @@ def read_rate() -> float:
 
 
 def main() -> None:
-    print(f"numpy read of 252 MB: {read_rate():.1f} GB/s\n")
-    print(
-        f"| BLAS | {N}x{N} float32 matmul | (1,16,1024)x(1024,5,1024) conv1d "
-        "| weight stream, 4 rows | weight stream, 16 rows | library |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    results = {}
     for name, env in MODES.items():
         out = subprocess.run(
             [sys.executable, "-W", "ignore", __file__, "--child"],
@@ -89,11 +108,27 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
-        gflops, conv_ms, rows4, rows16, lib = out.split("\t")
+        ).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    print(f"| BLAS | {N}x{N} float32 matmul | (1,16,1024)x(1024,5,1024) conv1d | library |")
+    print("| --- | ---: | ---: | --- |")
+    for name, r in results.items():
         print(
-            f"| {name} | {gflops} GFLOP/s | {conv_ms} ms | {rows4} GB/s | {rows16} GB/s | {lib} |"
+            f"| {name} | {r['matmul_gflops']:.1f} GFLOP/s | {r['conv1d_ms']:.2f} ms "
+            f"| {r['library']} |"
         )
+    print(
+        f"\nBatch-1 weight stream, {STREAM_LAYERS} deepest-level layers (ms per pass, GB/s of "
+        f"weights as stored); numpy reads 252 MB at {read_rate():.1f} GB/s\n"
+    )
+    print("| weights, rows | " + " | ".join(results) + " |")
+    print("| --- |" + " ---: |" * len(results))
+    for case in next(iter(results.values()))["stream"]:
+        cells = [
+            f"{r['stream'][case][0]:.1f} ms, {r['stream'][case][1]:.1f} GB/s"
+            for r in results.values()
+        ]
+        print(f"| {case} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
