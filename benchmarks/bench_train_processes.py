@@ -99,7 +99,7 @@ def main() -> None:
     medians = {side: statistics.median(t) for side, t in times.items()}
     print(
         f"{args.policy} train step on {args.device}, {args.rounds} rounds x {args.steps} steps: "
-        f"ours {medians['ours']:.3f} s, upstream {medians['upstream']:.3f} s, "
+        f"ours {1e3 * medians['ours']:.1f} ms, upstream {1e3 * medians['upstream']:.1f} ms, "
         f"upstream / ours {medians['upstream'] / medians['ours']:.2f}x"
     )
 
