@@ -11,6 +11,10 @@ that way (4.0 s) than alone (3.6 s). Here each of ``--rounds`` rounds starts one
 side, upstream's first, and each process times ``--steps`` steps after two warm-up steps (the
 same synthetic batch and weights as ``bench_policy.py``). Prints each process's median and the
 ratio of the medians over all rounds (upstream / ours; > 1: ours is faster).
+
+``--against-env VAR=VALUE`` runs ours twice instead, once with that environment variable, for
+settings read at process start (``DP_MLX_MALLOC=system``: ``python
+benchmarks/bench_train_processes.py --policy hybrid --against-env DP_MLX_MALLOC=system``).
 """
 
 # Before mlx.core: the package loads the fast CPU BLAS on import.
@@ -37,8 +41,8 @@ from sides import (  # noqa: E402
 def time_side(args: argparse.Namespace) -> None:
     """Inside a child process: print this side's step times in seconds, one line."""
     spec = SPECS[args.policy]
-    upstream_path = Path(args.upstream).expanduser().resolve()
     if args.side == "upstream":
+        upstream_path = Path(args.upstream).expanduser().resolve()
         import_upstream(upstream_path)
         import torch
 
@@ -74,33 +78,52 @@ def main() -> None:
         default=os.environ.get("DP_UPSTREAM_PATH"),
         help="upstream diffusion_policy checkout (default: $DP_UPSTREAM_PATH)",
     )
+    p.add_argument(
+        "--against-env",
+        metavar="VAR=VALUE",
+        default=None,
+        help="instead of upstream, compare ours with ours under this environment variable "
+        "(e.g. DP_MLX_MALLOC=system): a process-level setting's A/B",
+    )
     p.add_argument("--side", choices=["ours", "upstream"], help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.upstream is None:
-        p.error("give --upstream or set DP_UPSTREAM_PATH: this benchmark compares with upstream")
     if args.side is not None:
         time_side(args)
         return
+    # (label, side, extra environment); the first is the baseline of the ratio
+    if args.against_env is not None:
+        var, sep, value = args.against_env.partition("=")
+        if not sep or not var:
+            p.error(f"--against-env {args.against_env!r}: give VAR=VALUE")
+        runs = [(args.against_env, "ours", {var: value}), ("ours", "ours", {})]
+    elif args.upstream is None:
+        p.error("give --upstream or set DP_UPSTREAM_PATH (or compare settings with --against-env)")
+    else:
+        runs = [("upstream", "upstream", {}), ("ours", "ours", {})]
 
     # torch's OpenMP workers sleep between regions, as in bench_policy.py
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     child = [sys.executable, "-W", "ignore", __file__, *sys.argv[1:]]
-    times: dict[str, list[float]] = {"upstream": [], "ours": []}
+    times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     for round_ in range(args.rounds):
-        for side in times:
+        for label, side, extra in runs:
             out = subprocess.run(
-                [*child, "--side", side], env=env, capture_output=True, text=True, check=True
+                [*child, "--side", side],
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             steps = [float(t) for t in out.strip().splitlines()[-1].split()]
-            times[side].extend(steps)
-            print(
-                f"round {round_ + 1} {side:8s} median {statistics.median(steps):.3f} s", flush=True
-            )
-    medians = {side: statistics.median(t) for side, t in times.items()}
+            times[label].extend(steps)
+            median_ms = 1e3 * statistics.median(steps)
+            print(f"round {round_ + 1} {label}: median {median_ms:.1f} ms", flush=True)
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    baseline, ours = (label for label, _, _ in runs)
     print(
         f"{args.policy} train step on {args.device}, {args.rounds} rounds x {args.steps} steps: "
-        f"ours {1e3 * medians['ours']:.1f} ms, upstream {1e3 * medians['upstream']:.1f} ms, "
-        f"upstream / ours {medians['upstream'] / medians['ours']:.2f}x"
+        f"{ours} {1e3 * medians[ours]:.1f} ms, {baseline} {1e3 * medians[baseline]:.1f} ms, "
+        f"{baseline} / {ours} {medians[baseline] / medians[ours]:.2f}x"
     )
 
 

@@ -3,7 +3,7 @@
 Importing the package first loads an optimized CPU BLAS on Linux (see :mod:`.blas`), which must
 happen before ``mlx.core`` is imported anywhere in the process, and, on NVIDIA GPUs, the MLX CUDA
 settings of :mod:`.cuda_defaults` where the user has not set them, and without a GPU the MLX
-setting of :mod:`.common.cpu_streams`.
+setting of :mod:`.common.cpu_streams` and the ``malloc`` setting of :mod:`.cpu_malloc`.
 """
 
 from diffusion_policy_mlx.blas import blas_info, load_fast_blas
@@ -16,10 +16,12 @@ import mlx.core as mx  # noqa: E402
 
 from diffusion_policy_mlx import config_compat  # noqa: E402, F401
 from diffusion_policy_mlx.common.cpu_streams import apply_cpu_defaults  # noqa: E402
+from diffusion_policy_mlx.cpu_malloc import keep_freed_memory  # noqa: E402
 from diffusion_policy_mlx.cuda_defaults import apply_cuda_defaults  # noqa: E402
 
 apply_cuda_defaults(mx.cuda.is_available())
 apply_cpu_defaults(mx.is_available(mx.gpu))
+keep_freed_memory(mx.is_available(mx.gpu))
 
 __all__ = ["blas_info"]
 __version__ = "0.1.0"
