@@ -425,10 +425,14 @@ class UpstreamSide(Side):
 
         return run
 
+    def _batch_tensors(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The numpy training batch as torch tensors on this side's device."""
+        return _tree_map(lambda a: self.torch.from_numpy(a).to(self.device), batch)
+
     def train_loss(self, batch: dict[str, Any]) -> Callable[[], None]:
         policy = self.policy
         policy.train()
-        batch_t = _tree_map(lambda a: self.torch.from_numpy(a).to(self.device), batch)
+        batch_t = self._batch_tensors(batch)
 
         def run() -> None:
             policy.compute_loss(batch_t)  # with autograd recording, as in training
@@ -439,7 +443,7 @@ class UpstreamSide(Side):
     def train_loss_grad(self, batch: dict[str, Any]) -> Callable[[], None]:
         policy, optimizer = self.policy, self.optimizer
         policy.train()
-        batch_t = _tree_map(lambda a: self.torch.from_numpy(a).to(self.device), batch)
+        batch_t = self._batch_tensors(batch)
 
         def run() -> None:
             policy.compute_loss(batch_t).backward()
@@ -449,10 +453,9 @@ class UpstreamSide(Side):
         return run
 
     def train_step(self, batch: dict[str, Any]) -> Callable[[], None]:
-        torch = self.torch
         policy, optimizer, ema = self.policy, self.optimizer, self.ema
         policy.train()
-        batch_t = _tree_map(lambda a: torch.from_numpy(a).to(self.device), batch)
+        batch_t = self._batch_tensors(batch)
 
         def run() -> None:
             loss = policy.compute_loss(batch_t)
