@@ -20,8 +20,9 @@ from diffusion_policy_mlx.cpu_malloc import keep_freed_memory  # noqa: E402
 from diffusion_policy_mlx.cuda_defaults import apply_cuda_defaults  # noqa: E402
 
 apply_cuda_defaults(mx.cuda.is_available())
-apply_cpu_defaults(mx.is_available(mx.gpu))
-keep_freed_memory(mx.is_available(mx.gpu))
+gpu_available = mx.is_available(mx.gpu)
+apply_cpu_defaults(gpu_available)
+keep_freed_memory(gpu_available)
 
 __all__ = ["blas_info"]
 __version__ = "0.1.0"
