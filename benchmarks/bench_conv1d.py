@@ -1,4 +1,4 @@
-"""The temporal U-Net's convolutions three ways, forward and forward+backward, at the shapes of the
+"""The temporal U-Net's convolutions several ways, forward and forward+backward, at the shapes of the
 default configs (lowdim: batch 256, dims 256/512/1024; hybrid: batch 64, dims 512/1024/2048).
 
     python benchmarks/bench_conv1d.py [--device gpu]
@@ -8,10 +8,14 @@ default configs (lowdim: batch 256, dims 256/512/1024; hybrid: batch 64, dims 51
 * ``custom-vjp``: ``mx.conv1d`` forward; gradients as one forward convolution (dx) and one GEMM
   (dW) through ``mx.custom_function``.
 * ``valid-taps``: one GEMM per tap over only the output steps whose input is not padding,
-  summed, autodiff. At T = 4 with kernel 5, 6 of the 20 (step, tap) products read zeros, which
+  summed, autodiff.
+* ``conv1d-same``: what the U-Net trains with on the CPU, ``conv1d_same``: ``mx.conv1d`` forward,
+  gradients that skip the padded taps (dx by runs of output steps reading the same taps, dW one
+  GEMM per tap). At T = 4 with kernel 5, 6 of the 20 (step, tap) products read zeros, which
   the other variants multiply (PyTorch's oneDNN convolution skips them).
 
-Each variant is ``mx.compile``d; medians of ``--repeats`` calls. Prints one JSON line per shape.
+Each variant is ``mx.compile``d; medians of ``--repeats`` calls: the output alone, and the output
+with both gradients (``fwd_bwd``). Prints one JSON line per shape.
 """
 
 # Before mlx.core: the package loads the fast CPU BLAS on import.
@@ -25,6 +29,7 @@ import time
 import mlx.core as mx
 
 from diffusion_policy_mlx.config_compat import set_device
+from diffusion_policy_mlx.model.diffusion.conv1d_components import conv1d_same
 
 SHAPES = {
     "lowdim": [(256, 16, 256), (256, 8, 512), (256, 4, 1024)],
@@ -84,6 +89,7 @@ VARIANTS = {
     "im2col": im2col,
     "custom-vjp": custom_vjp,
     "valid-taps": valid_taps,
+    "conv1d-same": conv1d_same,
 }
 
 
@@ -113,7 +119,8 @@ def main() -> None:
             row = {"config": config, "shape": [batch, length, channels], "device": args.device}
             for name, fn in VARIANTS.items():
                 fwd = mx.compile(fn)
-                grads = mx.compile(lambda x, w, dy, fn=fn: mx.vjp(fn, [x, w], [dy])[1])
+                # the output too: a gradient alone would let compile drop the forward
+                grads = mx.compile(lambda x, w, dy, fn=fn: mx.vjp(fn, [x, w], [dy]))
                 t_fwd = median_s(fwd, (x, w), args.repeats)
                 t_all = median_s(grads, (x, w, dy), args.repeats)
                 row[name] = {

@@ -12,6 +12,8 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Downsample1d,
     Upsample1d,
     conv1d_few_rows,
+    conv1d_same,
+    same_conv_tap_groups,
 )
 
 RNG = np.random.default_rng(0)
@@ -187,6 +189,78 @@ def test_conv1d_block_takes_the_few_rows_path_on_the_cpu(monkeypatch):
         plain = m(x)
         assert len(calls) == 1
     np.testing.assert_allclose(np.array(few), np.array(plain), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "length, kernel, groups",
+    [
+        (4, 5, [(0, 1, 2, 5), (1, 2, 1, 5), (2, 3, 0, 4), (3, 4, 0, 3)]),
+        (8, 5, [(0, 1, 2, 5), (1, 2, 1, 5), (2, 6, 0, 5), (6, 7, 0, 4), (7, 8, 0, 3)]),
+        (1, 5, [(0, 1, 2, 3)]),
+        (6, 3, [(0, 1, 1, 3), (1, 5, 0, 3), (5, 6, 0, 2)]),
+        (3, 1, [(0, 3, 0, 1)]),
+    ],
+)
+def test_same_conv_tap_groups(length, kernel, groups):
+    assert same_conv_tap_groups(length, kernel) == groups
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+@pytest.mark.parametrize("length", [1, 2, 4, 9])
+def test_conv1d_same_is_the_convolution_and_its_gradient(kernel, length):
+    """The output against the numpy transcription; both gradients against MLX's own gradient of
+    ``mx.conv1d``, including the lengths where some taps read only padding."""
+    x = mx.array(randn(3, length, 6), mx.float32)
+    weight = mx.array(randn(5, kernel, 6), mx.float32)  # (C_out, K, C_in)
+    expected = conv1d_ref(
+        np.array(x).transpose(0, 2, 1),
+        np.array(weight).transpose(0, 2, 1),
+        np.zeros(5),
+        padding=kernel // 2,
+    )
+    np.testing.assert_allclose(from_cl(conv1d_same(x, weight)), expected, atol=1e-5)
+    cotangent = mx.array(randn(3, length, 5), mx.float32)
+
+    def plain(x, w):
+        return mx.conv1d(x, w, padding=kernel // 2)
+
+    got = mx.vjp(conv1d_same, [x, weight], [cotangent])[1]
+    want = mx.vjp(plain, [x, weight], [cotangent])[1]
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(np.array(g), np.array(w), atol=1e-5)
+
+
+def test_conv1d_block_trains_through_conv1d_same_on_the_cpu(monkeypatch):
+    """More than a few rows on the CPU: the block's convolution is ``conv1d_same`` (the bias
+    added after), and its output and gradients are those of ``nn.Conv1d``."""
+    from diffusion_policy_mlx.model.diffusion import conv1d_components
+
+    calls = []
+
+    def spy(x, weight):
+        calls.append(x.shape)
+        return conv1d_same(x, weight)
+
+    m = Conv1dBlock(6, 8, kernel_size=5, n_groups=4)
+    x = mx.array(randn(2, 4, 6), mx.float32)
+
+    def loss(params):
+        m.update(params)
+        return mx.sum(m(x) ** 2)
+
+    with mx.stream(mx.cpu):
+        same = mx.value_and_grad(loss)(m.trainable_parameters())
+        monkeypatch.setattr(conv1d_components, "conv1d_same", spy)
+        mx.eval(m(x))
+        assert calls == [(2, 4, 6)]
+        monkeypatch.setattr(
+            conv1d_components, "conv1d_same", lambda x, w: mx.conv1d(x, w, padding=2)
+        )
+        plain = mx.value_and_grad(loss)(m.trainable_parameters())
+    np.testing.assert_allclose(same[0].item(), plain[0].item(), rtol=1e-6)
+    for (name, g), (_, w) in zip(tree_flatten(same[1]), tree_flatten(plain[1]), strict=True):
+        np.testing.assert_allclose(np.array(g), np.array(w), atol=1e-5, err_msg=name)
 
 
 def test_conv1d_block_names_match_torch_sequential():
