@@ -1,6 +1,39 @@
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# The CPU kernels (diffusion_policy_mlx/csrc) are x86 code: AVX-512 and AVX2.
+BUILD_CPU_KERNELS = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+
+
+class CMakeBuild(build_ext):
+    """Builds ``diffusion_policy_mlx._cpu_kernels`` with CMake against the MLX and nanobind of
+    the build environment (pinned in pyproject.toml to the versions ``install_requires`` asks
+    for, since an MLX extension is tied to the C++ ABI of one MLX release)."""
+
+    def build_extension(self, ext: Extension) -> None:
+        output = Path(self.get_ext_fullpath(ext.name)).resolve()
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        source = Path(__file__).resolve().parent / "diffusion_policy_mlx" / "csrc"
+        configure = [
+            "cmake",
+            "-S",
+            str(source),
+            "-B",
+            str(build_dir),
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={output.parent}",
+        ]
+        subprocess.run(configure, check=True)
+        jobs = str(os.cpu_count() or 1)
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+
 
 setup(
     name="diffusion_policy_mlx",
@@ -10,9 +43,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["diffusion_policy_mlx", "diffusion_policy_mlx.*"]),
+    ext_modules=[Extension("diffusion_policy_mlx._cpu_kernels", sources=[])]
+    if BUILD_CPU_KERNELS
+    else [],
+    cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         "mlx>=0.32; sys_platform == 'darwin'",
-        "mlx[cpu]>=0.32; sys_platform == 'linux'",
+        # == the build requirement in pyproject.toml: the CPU kernels are built against it
+        "mlx[cpu]==0.32.4; sys_platform == 'linux'",
         "hydra-core>=1.3",
         "omegaconf>=2.3",
         "zarr>=3.0",
@@ -26,7 +64,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "cuda": ["mlx[cuda13]>=0.32"],
+        "cuda": ["mlx[cuda13]==0.32.4"],
         "plot": ["matplotlib>=3.8"],
         "launchers": ["hydra-joblib-launcher>=1.2", "hydra-submitit-launcher>=1.2"],
         "dev": [

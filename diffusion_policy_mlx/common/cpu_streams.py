@@ -51,6 +51,8 @@ _count: int | None = None
 _streams: list[mx.Stream] = []
 # Set while a chunk's work is traced: its rows are not split again.
 _in_chunk = False
+# How many chunks run side by side while one is traced (1 outside a split).
+_active_chunks = 1
 
 
 def available_cores() -> int:
@@ -124,7 +126,7 @@ def map_chunks(
     the unsplit batch draws. Draws not made per sample (dropout masks) repeat in every chunk,
     as they repeat on every rank of data-parallel training.
     """
-    global _in_chunk
+    global _in_chunk, _active_chunks
     rows = batch_rows(batch)
     chunks = batch_chunks(rows)
     if not chunks:
@@ -136,13 +138,13 @@ def map_chunks(
         # in place: compiled functions capture MLX's global random state by reference
         mx.random.state[0][...] = start_key
         sub_shard = Shard(offset + chunk.start, chunk.size, total)
-        _in_chunk = True
+        _in_chunk, _active_chunks = True, len(chunks)
         try:
             with mx.stream(chunk.stream), batch_shard(sub_shard):
                 part = tree_map(lambda x, r=slice(chunk.start, chunk.stop): x[r], batch)
                 results.append((chunk.size / rows, fn(part)))
         finally:
-            _in_chunk = False
+            _in_chunk, _active_chunks = False, 1
     return results
 
 
@@ -159,6 +161,12 @@ def chunked_mean(fn: Callable[[Any], R], batch: Any, shard: Shard | None = None)
         scaled = tree_map(lambda x, w=weight: x * w, value)
         total = scaled if total is None else tree_map(lambda a, b: a + b, total, scaled)
     return total
+
+
+def cores_per_stream() -> int:
+    """Cores each stream may use for work traced now: all of them outside a split, an equal
+    share inside one (1 per chunk on 2 cores)."""
+    return max(1, available_cores() // _active_chunks)
 
 
 def use_blas_threads(batch_size: int) -> None:

@@ -14,6 +14,7 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Conv1dBlock,
     Downsample1d,
     Upsample1d,
+    conv1d,
 )
 from diffusion_policy_mlx.model.diffusion.positional_embedding import SinusoidalPosEmb
 
@@ -90,7 +91,10 @@ class ConditionalResidualBlock1D(nn.Module):
         else:
             scale, bias = None, embed
         out = self.blocks[0](x, scale=scale, shift=bias)
-        return self.blocks[1](out, residual=self.residual_conv(x))
+        residual = (
+            x if isinstance(self.residual_conv, nn.Identity) else conv1d(self.residual_conv, x)
+        )
+        return self.blocks[1](out, residual=residual)
 
 
 class ConditionalUnet1D(nn.Module):
@@ -274,9 +278,8 @@ class ConditionalUnet1D(nn.Module):
             x = resnet2(x, global_feature, films.get(id(resnet2)))
             x = upsample(x)
 
-        for layer in self.final_conv:
-            x = layer(x)
-        return x
+        block, head = self.final_conv
+        return conv1d(head, block(x))
 
     def _check_inputs(
         self, sample: mx.array, local_cond: mx.array | None, global_cond: mx.array | None

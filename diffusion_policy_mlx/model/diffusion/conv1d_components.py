@@ -8,6 +8,7 @@ Attribute names reproduce upstream's PyTorch ``state_dict`` names (``conv.weight
 import mlx.core as mx
 import mlx.nn as nn
 
+from diffusion_policy_mlx.model.common import few_row_matmul
 from diffusion_policy_mlx.model.common.activation import Mish
 from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
@@ -29,7 +30,8 @@ class Downsample1d(nn.Module):
     On the CPU the convolution runs as one GEMM over the three strided taps: MLX's CPU gradient
     of a strided convolution with respect to its input is a transposed convolution on a direct
     loop (675 ms for a (256, 16, 256) input, against 5.5 ms for the forward), which made these
-    two layers a third of the lowdim training step. GPUs keep ``mx.conv1d``.
+    two layers a third of the lowdim training step. GPUs keep ``mx.conv1d``. A few rows (batch
+    1) go through :func:`~diffusion_policy_mlx.model.common.few_row_matmul.matmul_wt`.
     """
 
     def __init__(self, dim: int):
@@ -41,7 +43,7 @@ class Downsample1d(nn.Module):
             return self.conv(x)
         weight = self.conv.weight  # (C_out, 3, C_in)
         cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
-        return cols @ weight.reshape(weight.shape[0], -1).T + self.conv.bias
+        return few_row_matmul.matmul_wt(cols, weight.reshape(weight.shape[0], -1)) + self.conv.bias
 
 
 class Upsample1d(nn.Module):
@@ -64,7 +66,8 @@ class Upsample1d(nn.Module):
         weight = self.conv.weight  # (C_out, 4, C_in)
         c_out = weight.shape[0]
         # (B, T, C_in) @ (C_in, 4 * C_out): every tap's product in one GEMM
-        taps = (x @ weight.reshape(4 * c_out, -1).T).reshape(batch, length, c_out, 4)
+        taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1))
+        taps = taps.reshape(batch, length, c_out, 4)
         zero = mx.zeros((batch, 1, c_out), dtype=taps.dtype)
         prev_tap3 = mx.concatenate([zero, taps[:, :-1, :, 3]], axis=1)  # x[t-1] W_3
         next_tap0 = mx.concatenate([taps[:, 1:, :, 0], zero], axis=1)  # x[t+1] W_0
@@ -74,26 +77,54 @@ class Upsample1d(nn.Module):
         return y + self.conv.bias
 
 
-# At most this many (batch x time) rows, a CPU convolution runs as weight @ columns^T.
+# Without the package's CPU kernel, at most this many (batch x time) rows, a CPU convolution
+# runs as weight @ columns^T.
 FEW_ROWS = 4
 
 
-def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
-    """``conv(x)`` (stride 1, odd kernel, 'same' padding) as ``weight @ columns^T``:
-    (B, T, C_in) -> (B, T, C_out).
+def few_rows_limit() -> int:
+    """Most (batch x time) rows a CPU convolution takes :func:`conv1d_few_rows` for: the
+    kernel's :data:`~diffusion_policy_mlx.model.common.few_row_matmul.MAX_ROWS` where it is
+    used, else :data:`FEW_ROWS`."""
+    if few_row_matmul.kernels() is not None:
+        return few_row_matmul.MAX_ROWS
+    return FEW_ROWS
 
-    For a handful of rows (batch 1 at the U-Net's deepest level, T = 4) a convolution is
-    a pass over its weights. MLX hands it to BLAS as ``columns @ weight^T``, with the
-    weight as the wide operand, which OpenBLAS packs in full before multiplying: 3.1 ms for
-    a 1024-channel kernel-5 layer (21 MB) on a 2-core EPYC. With the weight as the tall
-    left operand it is packed block by block while in cache: 2.0 ms.
+
+def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
+    """``conv(x)`` (stride 1, odd kernel, 'same' padding) as a product of its weight with the
+    input's columns: (B, T, C_in) -> (B, T, C_out).
+
+    For a handful of rows (batch 1: T = 4 to 16 steps at the U-Net's levels) a convolution is a
+    pass over its weights. The package's CPU kernel
+    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.matmul_wt`) reads them once at
+    the machine's memory rate. Without it, the product is ``weight @ columns^T``: MLX hands
+    ``columns @ weight^T`` to BLAS with the weight as the wide operand, which OpenBLAS packs in
+    full before multiplying, 3.1 ms for a 1024-channel kernel-5 layer (21 MB) on a 2-core EPYC;
+    with the weight as the tall left operand it is packed block by block while in cache: 2.0 ms.
     """
     batch, length, _ = x.shape
     weight = conv.weight  # (C_out, K, C_in)
     c_out, kernel, _ = weight.shape
     cols = conv1d_columns(x, kernel, stride=1, padding=kernel // 2)
-    y = weight.reshape(c_out, -1) @ cols.reshape(batch * length, -1).T  # (C_out, B * T)
-    return y.T.reshape(batch, length, c_out) + conv.bias
+    cols = cols.reshape(batch * length, -1)
+    if few_row_matmul.uses_kernel(batch * length):
+        y = few_row_matmul.matmul_wt(cols, weight.reshape(c_out, -1))  # (B * T, C_out)
+    else:
+        y = (weight.reshape(c_out, -1) @ cols.T).T
+    return y.reshape(batch, length, c_out) + conv.bias
+
+
+def conv1d(conv: nn.Conv1d, x: mx.array) -> mx.array:
+    """A stride-1 'same' ``conv`` (odd kernel) on (B, T, C_in) -> (B, T, C_out), by the fastest
+    path for the device and size: MLX's convolution on a GPU; on the CPU
+    :func:`conv1d_few_rows` for at most :func:`few_rows_limit` rows, else
+    :func:`conv1d_same` (its gradients skip the padded taps)."""
+    if mx.default_device() != mx.cpu:
+        return conv(x)
+    if x.shape[0] * x.shape[1] <= few_rows_limit():
+        return conv1d_few_rows(conv, x)
+    return conv1d_same(x, conv.weight) + conv.bias
 
 
 def same_conv_tap_groups(length: int, kernel: int) -> list[tuple[int, int, int, int]]:
@@ -201,12 +232,7 @@ class Conv1dBlock(nn.Module):
         (B, C_out) and ``residual`` (B, T, C_out) of ``ConditionalResidualBlock1D``, taken here
         so that on NVIDIA GPUs in eval mode one fused kernel applies them with the norm."""
         conv, norm, mish = self.block
-        if mx.default_device() != mx.cpu:
-            x = conv(x)
-        elif x.shape[0] * x.shape[1] <= FEW_ROWS:
-            x = conv1d_few_rows(conv, x)
-        else:
-            x = conv1d_same(x, conv.weight) + conv.bias
+        x = conv1d(conv, x)
         if not self.training and fused_available():
             return group_norm_mish(
                 x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual

@@ -13,6 +13,7 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Upsample1d,
     conv1d_few_rows,
     conv1d_same,
+    few_rows_limit,
     same_conv_tap_groups,
 )
 
@@ -168,7 +169,8 @@ def test_conv1d_few_rows_is_the_convolution_and_its_gradient(kernel, shape):
 
 
 def test_conv1d_block_takes_the_few_rows_path_on_the_cpu(monkeypatch):
-    """Batch 1 at T = 4 on the CPU: the weight-stationary path, the same block output."""
+    """Batch 1 on the CPU, up to few_rows_limit() rows: the few-rows path, the same block
+    output as MLX's convolution; one row more: ``conv1d_same``."""
     from diffusion_policy_mlx.model.diffusion import conv1d_components
 
     calls = []
@@ -179,16 +181,17 @@ def test_conv1d_block_takes_the_few_rows_path_on_the_cpu(monkeypatch):
 
     monkeypatch.setattr(conv1d_components, "conv1d_few_rows", spy)
     m = Conv1dBlock(16, 16, kernel_size=5, n_groups=8)
-    x = mx.array(randn(1, 4, 16), mx.float32)
+    limit = few_rows_limit()
+    x = mx.array(randn(1, limit, 16), mx.float32)
     with mx.stream(mx.cpu):
         few = m(x)
-        assert calls == [(1, 4, 16)]
-        m(mx.array(randn(1, 8, 16), mx.float32))  # 8 rows: MLX's convolution
+        assert calls == [(1, limit, 16)]
+        m(mx.array(randn(1, limit + 1, 16), mx.float32))  # MLX's convolution
         assert len(calls) == 1
-        monkeypatch.setattr(conv1d_components, "FEW_ROWS", 0)
+        monkeypatch.setattr(conv1d_components, "few_rows_limit", lambda: 0)
         plain = m(x)
         assert len(calls) == 1
-    np.testing.assert_allclose(np.array(few), np.array(plain), atol=1e-6)
+    np.testing.assert_allclose(np.array(few), np.array(plain), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +246,7 @@ def test_conv1d_block_trains_through_conv1d_same_on_the_cpu(monkeypatch):
         return conv1d_same(x, weight)
 
     m = Conv1dBlock(6, 8, kernel_size=5, n_groups=4)
-    x = mx.array(randn(2, 4, 6), mx.float32)
+    x = mx.array(randn(2, 20, 6), mx.float32)  # 40 rows: more than few_rows_limit()
 
     def loss(params):
         m.update(params)
@@ -253,7 +256,7 @@ def test_conv1d_block_trains_through_conv1d_same_on_the_cpu(monkeypatch):
         same = mx.value_and_grad(loss)(m.trainable_parameters())
         monkeypatch.setattr(conv1d_components, "conv1d_same", spy)
         mx.eval(m(x))
-        assert calls == [(2, 4, 6)]
+        assert calls == [(2, 20, 6)]
         monkeypatch.setattr(
             conv1d_components, "conv1d_same", lambda x, w: mx.conv1d(x, w, padding=2)
         )

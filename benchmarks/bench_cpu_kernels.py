@@ -1,0 +1,49 @@
+"""The package's few-row CPU kernel (``model/common/few_row_matmul.py``) against MLX's BLAS path
+for the same products, in whole ``predict_action`` calls of a default policy, same process,
+same weights and noise:
+
+    python benchmarks/bench_cpu_kernels.py                       # lowdim U-Net
+    python benchmarks/bench_cpu_kernels.py --config train_diffusion_unet_hybrid_workspace
+
+Prints one JSON line per (scheduler steps, batch): median wall time of each path (the two
+alternate call by call), their ratio and the largest difference between their actions. Batch
+56 has too many rows for the kernel, so it runs only with ``--b56``, as a control.
+"""
+
+# Before mlx.core: the package loads the fast CPU BLAS on import.
+import diffusion_policy_mlx  # noqa: F401, I001
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffusion_policy_mlx.model.common import few_row_matmul
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_ab import CASES, compare_paths  # noqa: E402
+
+
+def use_kernel(on: bool) -> None:
+    few_row_matmul.ENABLED = on
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--b56", action="store_true", help="also the batch-56 DDIM 16 call")
+    args = parser.parse_args()
+    if few_row_matmul.kernels() is None:
+        sys.exit(f"the CPU kernel is not in use: {few_row_matmul.kernel_status()}")
+    print(f"kernel: {few_row_matmul.kernel_status()}", flush=True)
+    compare_paths(
+        args.config,
+        "cpu",
+        args.repeats,
+        {"blas": lambda: use_kernel(False), "kernel": lambda: use_kernel(True)},
+        CASES if args.b56 else CASES[:2],
+    )
+
+
+if __name__ == "__main__":
+    main()

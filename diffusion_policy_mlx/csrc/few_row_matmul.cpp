@@ -1,0 +1,251 @@
+// y = x @ w^T for a few rows of x: the batch-1 convolutions and GEMMs of the U-Net on the CPU.
+//
+// With 1-16 rows a product is a pass over the weight matrix, so its speed is the rate at which
+// the weights are read. OpenBLAS reads them at about half the machine's rate at 4 rows (it packs
+// the wide operand first); this kernel reads each weight once, straight from memory, and
+// accumulates every row against it in registers. Weights may be float32 or float16 (half the
+// bytes: converted to float32 in registers, accumulated in float32).
+
+#include <immintrin.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+#include "mlx/utils.h"
+#include "mlx/version.h"
+
+#include "few_row_kernels.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace dp_mlx {
+
+constexpr int kMaxRows = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Which kernel this CPU runs: each ISA's kernels are compiled in their own file with that ISA's
+// flags, so nothing here may assume it.
+
+enum class Isa { none, avx2, avx512 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return Isa::avx2;
+  return Isa::none;
+}
+
+const Isa kIsa = detect_isa();
+
+template <class Wt>
+void few_rows_range(
+    const float* x, const Wt* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n0,
+    int64_t n1) {
+  if (kIsa == Isa::avx512)
+    few_rows_avx512(x, w, y, M, K, N, n0, n1);
+  else
+    few_rows_avx2(x, w, y, M, K, N, n0, n1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fork-join over the weight rows. The kernel runs on an MLX stream thread and hands parts of each
+// product to helper threads. A denoising step calls it about 40 times with 0.05-0.5 ms of other
+// work in between, so a helper spins for a while after each part before it sleeps on the
+// condition variable: waking a sleeping thread costs tens of microseconds.
+
+class Workers {
+ public:
+  static Workers& get() {
+    // Never destroyed: helpers wait on its condition variable until the process ends, and
+    // glibc's pthread_cond_destroy would block on them at exit.
+    static Workers* pool = new Workers;
+    return *pool;
+  }
+
+  // Run fn(0) .. fn(n - 1), fn(0) on the calling thread.
+  void run(int n, const std::function<void(int)>& fn) {
+    if (n <= 1) {
+      fn(0);
+      return;
+    }
+    std::lock_guard<std::mutex> call(call_mutex_);
+    ensure(n - 1);
+    job_ = &fn;
+    active_ = n - 1;
+    pending_.store(n - 1, std::memory_order_relaxed);
+    {
+      // Under the mutex, so that a helper between its last check and its wait sees it.
+      std::lock_guard<std::mutex> lock(mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    fn(0);
+    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  }
+
+ private:
+  static constexpr auto kSpin = std::chrono::microseconds(300);
+
+  void ensure(int helpers) {
+    while (static_cast<int>(threads_.size()) < helpers) {
+      const int index = static_cast<int>(threads_.size()) + 1;
+      threads_.emplace_back([this, index] { loop(index); });
+      threads_.back().detach();
+    }
+  }
+
+  uint64_t await_generation(uint64_t seen) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (int i = 0;; ++i) {
+      const uint64_t now = generation_.load(std::memory_order_acquire);
+      if (now != seen) return now;
+      _mm_pause();
+      if (i % 64 == 63 && std::chrono::steady_clock::now() > until) break;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+    return generation_.load(std::memory_order_acquire);
+  }
+
+  void loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      seen = await_generation(seen);
+      if (index <= active_) {
+        (*job_)(index);
+        pending_.fetch_sub(1, std::memory_order_release);
+      }
+    }
+  }
+
+  std::mutex call_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* job_ = nullptr;
+  int active_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+};
+
+// ---------------------------------------------------------------------------------------------
+// The MLX primitive.
+
+class FewRowMatmul : public mx::UnaryPrimitive {
+ public:
+  FewRowMatmul(mx::Stream stream, int threads) : mx::UnaryPrimitive(stream), threads_(threads) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const mx::array& x = inputs[0];
+    const mx::array& w = inputs[1];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(x);
+    encoder.set_input_array(w);
+    encoder.set_output_array(out);
+    const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+    const int threads = threads_;
+    encoder.dispatch([x_ptr = x.data<float>(), w_data = w.data<void>(), half = w.dtype() == mx::float16,
+                      y_ptr = out.data<float>(), M, K, N, threads]() {
+      const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, N / 64)));
+      Workers::get().run(parts, [&](int part) {
+        // Split on multiples of 4 rows so every part keeps whole tiles.
+        const int64_t quads = (N + 3) / 4;
+        const int64_t n0 = std::min(N, quads * part / parts * 4);
+        const int64_t n1 = std::min(N, quads * (part + 1) / parts * 4);
+        if (half)
+          few_rows_range(x_ptr, static_cast<const uint16_t*>(w_data), y_ptr, M, K, N, n0, n1);
+        else
+          few_rows_range(x_ptr, static_cast<const float*>(w_data), y_ptr, M, K, N, n0, n1);
+      });
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("few_row_matmul runs on the CPU only; call it with stream=mx.cpu");
+  }
+
+  // y = x w^T: dx = dy w, dw = dy^T x (in w's dtype). Training at batch 1 runs through here.
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums, const std::vector<mx::array>&) override {
+    const mx::array& x = primals[0];
+    const mx::array& w = primals[1];
+    const mx::array& dy = cotangents[0];
+    std::vector<mx::array> grads;
+    for (int arg : argnums) {
+      if (arg == 0)
+        grads.push_back(mx::matmul(dy, mx::astype(w, mx::float32, stream()), stream()));
+      else
+        grads.push_back(
+            mx::astype(mx::matmul(mx::transpose(dy, stream()), x, stream()), w.dtype(), stream()));
+    }
+    return grads;
+  }
+
+  const char* name() const override { return "FewRowMatmul"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return threads_ == static_cast<const FewRowMatmul&>(other).threads_;
+  }
+
+ private:
+  int threads_;
+};
+
+mx::array few_row_matmul(const mx::array& x, const mx::array& w, int threads, mx::StreamOrDevice s) {
+  auto fail = [&](const std::string& what) {
+    std::ostringstream msg;
+    msg << "few_row_matmul(x " << x.shape() << " " << x.dtype() << ", w " << w.shape() << " "
+        << w.dtype() << "): " << what;
+    throw std::invalid_argument(msg.str());
+  };
+  if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1))
+    fail("expects x (M, K) and w (N, K)");
+  if (x.shape(0) > kMaxRows) fail("at most 16 rows of x");
+  if (x.dtype() != mx::float32) fail("x must be float32");
+  if (w.dtype() != mx::float32 && w.dtype() != mx::float16) fail("w must be float32 or float16");
+  if (threads < 1) fail("threads must be >= 1");
+  if (kIsa == Isa::none) fail("this CPU has neither AVX-512 nor AVX2 with FMA and F16C");
+  auto stream = mx::to_stream(s, mx::Device::cpu);
+  if (stream.device != mx::Device::cpu) fail("runs on the CPU only");
+  return mx::array(
+      {x.shape(0), w.shape(0)}, mx::float32,
+      std::make_shared<FewRowMatmul>(stream, threads),
+      {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)});
+}
+
+}  // namespace dp_mlx
+
+NB_MODULE(_cpu_kernels, m) {
+  m.doc() = "CPU kernels of diffusion_policy_mlx (MLX primitives).";
+  m.attr("mlx_version") = std::to_string(MLX_VERSION_MAJOR) + "." +
+                          std::to_string(MLX_VERSION_MINOR) + "." +
+                          std::to_string(MLX_VERSION_PATCH);
+  m.attr("isa") = dp_mlx::kIsa == dp_mlx::Isa::avx512 ? "avx512"
+                  : dp_mlx::kIsa == dp_mlx::Isa::avx2 ? "avx2"
+                                                      : "none";
+  m.def("few_row_matmul", &dp_mlx::few_row_matmul, "x"_a, "w"_a, nb::kw_only(), "threads"_a = 1,
+        "stream"_a = nb::none(),
+        "x @ w.T for x (M <= 16, K) float32 and w (N, K) float32 or float16 -> (M, N) float32.");
+}

@@ -1,0 +1,93 @@
+"""``x @ w.T`` for a few rows of ``x`` on the CPU, through the package's own kernel.
+
+At batch 1 the U-Net's convolutions (as im2col GEMMs) have 4 to 16 rows, and each is a pass over
+its weights: the forward is bound by how fast 263 MB (lowdim) or 1 GB (hybrid) of weights are
+read. MLX hands these products to BLAS, which OpenBLAS runs at about 10-11 GB/s on a 2-core EPYC
+(it packs the wide operand before multiplying). The kernel in ``csrc/few_row_matmul.cpp``, an
+MLX primitive with AVX-512 and AVX2 code, reads every weight once and multiplies it into all
+rows from registers, on every core: 28 GB/s on the same machine (``benchmarks/bench_blas.py``).
+
+The kernel is the compiled extension ``diffusion_policy_mlx._cpu_kernels``, which
+``pip install`` builds on Linux x86_64. It is used where all of these hold: it was built, against
+the MLX version now running (its C++ ABI is that version's), the CPU has AVX2 with FMA and F16C,
+MLX's default device is the CPU, the product has at most :data:`MAX_ROWS` rows, and
+``DP_MLX_CPU_KERNELS`` is not ``off``. Otherwise :func:`matmul_wt` is ``x @ w.T``.
+:func:`kernel_status` says which, and why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import mlx.core as mx
+
+from diffusion_policy_mlx.common import cpu_streams
+
+ENV_VAR = "DP_MLX_CPU_KERNELS"
+_OFF_VALUES = {"off", "0", "false", "no", "none"}
+# The kernel keeps up to 4 rows x 4 weight rows in registers and rereads cached weight blocks
+# for more rows; past 16 rows the products are BLAS's ground (compute, not reads).
+MAX_ROWS = 16
+
+# False routes every product to MLX, as if the kernel were not built: the other side of
+# benchmarks/bench_cpu_kernels.py.
+ENABLED = True
+
+_kernels: ModuleType | None = None
+_status: str | None = None
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get(ENV_VAR, "").strip().lower() in _OFF_VALUES:
+        return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
+    try:
+        module = importlib.import_module("diffusion_policy_mlx._cpu_kernels")
+    except ImportError as error:
+        return None, (
+            f"not built ({error}); `pip install -e .` builds it on Linux x86_64 with a C++ "
+            "compiler and CMake"
+        )
+    if module.mlx_version != mx.__version__:
+        return None, (
+            f"built against MLX {module.mlx_version} but MLX {mx.__version__} is installed; "
+            "rebuild it with `pip install -e .`"
+        )
+    if module.isa == "none":
+        return None, "this CPU lacks AVX2 with FMA and F16C"
+    return module, f"{module.isa} kernel"
+
+
+def kernels() -> ModuleType | None:
+    """The loaded extension, or None when it cannot be used (see :func:`kernel_status`) or
+    :data:`ENABLED` is False."""
+    global _kernels, _status
+    if _status is None:
+        _kernels, _status = _load()
+    return _kernels if ENABLED else None
+
+
+def kernel_status() -> str:
+    """Why the kernel is or is not used in this process."""
+    kernels()
+    return _status
+
+
+def uses_kernel(rows: int) -> bool:
+    """Whether a product over ``rows`` rows on the current default device takes the kernel."""
+    return rows <= MAX_ROWS and mx.default_device() == mx.cpu and kernels() is not None
+
+
+def matmul_wt(x: mx.array, w: mx.array) -> mx.array:
+    """``x @ w.T``: x (..., K) float32, w (N, K) float32 or float16 -> (..., N) float32.
+
+    Through the kernel where :func:`uses_kernel` holds for ``x``'s rows (its leading axes
+    flattened), on as many threads as the CPU streams leave this one; gradients are GEMMs."""
+    rows = x.size // x.shape[-1]
+    if not uses_kernel(rows):
+        return x @ w.T.astype(x.dtype)
+    y = kernels().few_row_matmul(
+        x.reshape(rows, x.shape[-1]), w, threads=cpu_streams.cores_per_stream()
+    )
+    return y.reshape(*x.shape[:-1], w.shape[0])

@@ -1,0 +1,168 @@
+"""The few-row CPU kernel against numpy's products, its gradients against MLX's, and the rules
+that decide when it is used."""
+
+import os
+import platform
+import re
+import sys
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.model.common import few_row_matmul
+
+RNG = np.random.default_rng(0)
+
+
+def _kernels():
+    module = few_row_matmul.kernels()
+    if module is None:
+        if os.environ.get("DP_MLX_REQUIRE_CPU_KERNELS"):
+            pytest.fail(
+                "DP_MLX_REQUIRE_CPU_KERNELS is set but the CPU kernel is not in use: "
+                + few_row_matmul.kernel_status()
+            )
+        pytest.skip(f"CPU kernel not in use: {few_row_matmul.kernel_status()}")
+    return module
+
+
+def _randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def test_the_extension_is_built_on_linux_x86_64():
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"):
+        pytest.skip("the CPU kernel is built on Linux x86_64 only")
+    _kernels()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
+@pytest.mark.parametrize(
+    "rows, k, n",
+    # every row-group size (1-4, then groups of 4 plus a tail), vector tails of K (10, 37: no
+    # full AVX-512 vector / one and a tail), weight-row tails (N % 4) and a U-Net layer's size
+    [
+        (1, 10, 7),
+        (2, 37, 13),
+        (3, 64, 4),
+        (4, 5120, 1024),
+        (5, 100, 9),
+        (8, 2560, 130),
+        (16, 80, 33),
+    ],
+)
+def test_kernel_is_x_times_w_transposed(rows, k, n, dtype, threads):
+    kernels = _kernels()
+    x, w = _randn(rows, k), _randn(n, k)
+    w_mx = mx.array(w).astype(dtype)
+    got = kernels.few_row_matmul(mx.array(x), w_mx, threads=threads)
+    # the weights as the kernel reads them: float16 rounding happens before the product
+    want = x.astype(np.float64) @ np.array(w_mx.astype(mx.float32)).astype(np.float64).T
+    assert got.dtype == mx.float32 and got.shape == (rows, n)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=2e-5 * np.sqrt(k))
+
+
+def test_kernel_reads_strided_inputs_and_runs_compiled():
+    kernels = _kernels()
+    x = mx.array(_randn(6, 40))[::2]  # (3, 40), not row-contiguous
+    w = mx.array(_randn(40, 9)).T  # (9, 40), a transposed view
+    want = np.array(x) @ np.array(w).T
+    np.testing.assert_allclose(np.array(kernels.few_row_matmul(x, w)), want, rtol=1e-5, atol=1e-5)
+    compiled = mx.compile(lambda x, w: kernels.few_row_matmul(x, w, threads=2) * 2.0)
+    np.testing.assert_allclose(np.array(compiled(x, w)), 2 * want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
+def test_kernel_gradients_are_those_of_the_product(dtype):
+    kernels = _kernels()
+    x, w = mx.array(_randn(4, 24)), mx.array(_randn(12, 24)).astype(dtype)
+    cotangent = mx.array(_randn(4, 12))
+    (_, got) = mx.vjp(lambda x, w: [kernels.few_row_matmul(x, w)], [x, w], [cotangent])
+    assert got[1].dtype == dtype
+    dy, xs, ws = (np.array(a.astype(mx.float32)) for a in (cotangent, x, w))
+    np.testing.assert_allclose(np.array(got[0]), dy @ ws, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if dtype == mx.float32 else 1e-2
+    np.testing.assert_allclose(
+        np.array(got[1].astype(mx.float32)), dy.T @ xs, rtol=tolerance, atol=tolerance
+    )
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, dtype, message",
+    [
+        ((17, 8), (4, 8), mx.float32, "at most 16 rows"),
+        ((2, 8), (4, 9), mx.float32, "expects x (M, K) and w (N, K)"),
+        ((2, 8), (4, 8), mx.bfloat16, "w must be float32 or float16"),
+    ],
+)
+def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, dtype, message):
+    kernels = _kernels()
+    x, w = mx.zeros(x_shape), mx.zeros(w_shape, dtype)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kernels.few_row_matmul(x, w)
+
+
+def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch):
+    kernels = _kernels()
+    calls = []
+
+    def spy(x, w, threads):
+        calls.append((x.shape, threads))
+        return kernels.few_row_matmul(x, w, threads=threads)
+
+    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
+    w = mx.array(_randn(6, 8))
+    few, many = mx.array(_randn(2, 8, 8)), mx.array(_randn(3, 6, 8))  # 16 and 18 rows
+    with mx.stream(mx.cpu):
+        got_few = few_row_matmul.matmul_wt(few, w)
+        got_many = few_row_matmul.matmul_wt(many, w)
+    assert calls == [((16, 8), cpu_streams.available_cores())]
+    assert got_few.shape == (2, 8, 6)
+    np.testing.assert_allclose(np.array(got_few), np.array(few @ w.T), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(got_many), np.array(many @ w.T), rtol=1e-6)
+    monkeypatch.setattr(few_row_matmul, "ENABLED", False)
+    few_row_matmul.matmul_wt(few, w)
+    assert len(calls) == 1
+
+
+def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch):
+    """Inside a batch split, each chunk's products get cores // chunks threads."""
+    kernels = _kernels()
+    seen = []
+
+    def spy(x, w, threads):
+        seen.append(threads)
+        return kernels.few_row_matmul(x, w, threads=threads)
+
+    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
+    monkeypatch.setattr(cpu_streams, "available_cores", lambda: 4)
+    cpu_streams.set_cpu_streams(2)
+    try:
+        w = mx.array(_randn(5, 3))
+        x = mx.array(_randn(4, 2, 3))
+        with mx.stream(mx.cpu):
+            parts = cpu_streams.map_chunks(lambda rows: few_row_matmul.matmul_wt(rows, w), x)
+    finally:
+        cpu_streams.set_cpu_streams(None)
+    assert seen == [2, 2]
+    got = np.concatenate([np.array(part) for _, part in parts])
+    np.testing.assert_allclose(got, np.array(x @ w.T), rtol=1e-5, atol=1e-5)
+
+
+def test_a_kernel_built_for_another_mlx_is_not_used(monkeypatch):
+    stale = SimpleNamespace(mlx_version="0.0.1", isa="avx512")
+    monkeypatch.setattr(few_row_matmul.importlib, "import_module", lambda name: stale)
+    module, status = few_row_matmul._load()
+    assert module is None
+    assert f"built against MLX 0.0.1 but MLX {mx.__version__} is installed" in status
+    assert "pip install -e ." in status
+
+
+def test_the_environment_variable_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setenv(few_row_matmul.ENV_VAR, "off")
+    module, status = few_row_matmul._load()
+    assert module is None and status == f"disabled by {few_row_matmul.ENV_VAR}=off"
