@@ -4,8 +4,10 @@ same weights and noise:
 
     python benchmarks/bench_cpu_kernels.py                       # lowdim U-Net
     python benchmarks/bench_cpu_kernels.py --config train_diffusion_unet_hybrid_workspace
+    python benchmarks/bench_cpu_kernels.py --paths float32 float16  # DP_MLX_CPU_WEIGHTS
 
-Prints one JSON line per (scheduler steps, batch): median wall time of each path (the two
+The paths: ``blas`` (the kernel off), ``float32`` (the kernel on float32 weights) and
+``float16`` (on float16 copies, ``DP_MLX_CPU_WEIGHTS=float16``). Prints one JSON line per (scheduler steps, batch): median wall time of each path (the two
 alternate call by call), their ratio and the largest difference between their actions. Batch
 56 has too many rows for the kernel, so it runs only with ``--b56``, as a control.
 """
@@ -14,6 +16,7 @@ alternate call by call), their ratio and the largest difference between their ac
 import diffusion_policy_mlx  # noqa: F401, I001
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,8 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_ab import CASES, compare_paths  # noqa: E402
 
 
-def use_kernel(on: bool) -> None:
-    few_row_matmul.ENABLED = on
+def use_path(path: str) -> None:
+    few_row_matmul.ENABLED = path != "blas"
+    os.environ[few_row_matmul.WEIGHTS_VAR] = "float16" if path == "float16" else "float32"
+
+
+PATHS = ("blas", "float32", "float16")
 
 
 def main() -> None:
@@ -32,6 +39,7 @@ def main() -> None:
     parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--b56", action="store_true", help="also the batch-56 DDIM 16 call")
+    parser.add_argument("--paths", nargs=2, choices=PATHS, default=["blas", "float32"])
     args = parser.parse_args()
     if few_row_matmul.kernels() is None:
         sys.exit(f"the CPU kernel is not in use: {few_row_matmul.kernel_status()}")
@@ -40,7 +48,7 @@ def main() -> None:
         args.config,
         "cpu",
         args.repeats,
-        {"blas": lambda: use_kernel(False), "kernel": lambda: use_kernel(True)},
+        {path: lambda path=path: use_path(path) for path in args.paths},
         CASES if args.b56 else CASES[:2],
     )
 

@@ -18,6 +18,7 @@ from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.common.distributed import current_shard, sharded_draw
+from diffusion_policy_mlx.model.common import few_row_matmul
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
@@ -120,11 +121,13 @@ class CompiledStepCache:
     combination gets its own entry. The model's arrays are declared as
     compile inputs, so updated weights (training, EMA, checkpoint loads) are picked up without
     retracing. A deep copy (the EMA policy) starts empty, because the copied entries would still
-    call the original model.
+    call the original model. ``weights`` holds the model's low-precision convolution weights for
+    the CPU kernel (``DP_MLX_CPU_WEIGHTS=float16``), also a compile input.
     """
 
     def __init__(self) -> None:
         self.entries: dict[tuple, tuple[nn.Module, NoiseScheduler, Callable]] = {}
+        self.weights = few_row_matmul.InferenceWeights()
 
     def get(
         self,
@@ -141,13 +144,14 @@ class CompiledStepCache:
             tuple(sorted(step_kwargs.items())),
             # a chunk's rows of the batch's noise are chosen at trace time
             current_shard(),
+            len(self.weights.arrays),
         )
         entry = self.entries.get(signature)
         if entry is None or entry[0] is not model or entry[1] is not scheduler:
             fn = mx.compile(
                 partial(denoise_step, model, scheduler, dict(step_kwargs)),
                 # The random state travels through so dropout in train mode stays random.
-                inputs=[model.state, mx.random.state],
+                inputs=[model.state, self.weights.arrays, mx.random.state],
                 outputs=[mx.random.state],
             )
             entry = (model, scheduler, fn)
@@ -213,7 +217,9 @@ def conditional_sample(
 
     Randomness comes from ``key`` (split into the initial noise and one key per step) or, when it
     is None, from a key drawn from MLX's global generator. With ``step_cache`` every step runs
-    the compiled :func:`denoise_step`; without it the same function runs eagerly. A
+    the compiled :func:`denoise_step` (with the cache's low-precision weights for the CPU
+    kernel, when ``DP_MLX_CPU_WEIGHTS`` asks for them); without it the same function runs
+    eagerly, on the float32 weights. A
     :class:`ConditionalUnet1D` gets every step's FiLM features computed before the loop
     (:meth:`ConditionalUnet1D.film_tables`). On the CPU the batch's rows are split over
     :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the same result. Nothing is
@@ -242,6 +248,11 @@ def conditional_sample(
         "conds": conds,
     }
 
+    weights = None
+    if step_cache is not None:
+        weights = step_cache.weights
+        weights.refresh(model)
+
     def denoise(rows: dict) -> mx.array:
         if step_cache is None:
             step = partial(denoise_step, model, scheduler, step_kwargs)
@@ -252,14 +263,16 @@ def conditional_sample(
             step_conds = (
                 rows["conds"] if film_time is None else {**rows["conds"], "film_time": film_time[i]}
             )
-            trajectory = step(
-                trajectory,
-                mx.array(t),
-                keys[i + 1],
-                rows["condition_data"],
-                rows["condition_mask"],
-                step_conds,
-            )
+            # the first call traces the step: its convolutions look their weights up here
+            with few_row_matmul.using(weights):
+                trajectory = step(
+                    trajectory,
+                    mx.array(t),
+                    keys[i + 1],
+                    rows["condition_data"],
+                    rows["condition_mask"],
+                    step_conds,
+                )
         # The last step's output is not inpainted inside the loop.
         return mx.where(rows["condition_mask"], rows["condition_data"], trajectory)
 

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from policy_reference import (
     AffineDenoiser,
     add_noise_np,
@@ -16,6 +16,8 @@ from policy_reference import (
 )
 
 from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.policy.diffusion_common import (
     CompiledStepCache,
     action_dim_from_shape_meta,
@@ -292,3 +294,38 @@ def test_grouped_adamw_applies_each_groups_weight_decay():
         grouped_adamw(
             module, {k: v for k, v in decays.items() if k != "layers.1.bias"}, 0.1, (0.9, 0.95)
         )
+
+
+def test_float16_weights_sample_near_float32_and_follow_weight_updates(monkeypatch):
+    """DP_MLX_CPU_WEIGHTS=float16: the compiled loop multiplies float16 copies of the U-Net's
+    convolution weights (results near, not equal to, float32's), refreshed after an update."""
+    if few_row_matmul.kernels() is None:
+        pytest.skip(f"CPU kernel not in use: {few_row_matmul.kernel_status()}")
+    mx.random.seed(0)
+    model = ConditionalUnet1D(D, global_cond_dim=5, down_dims=[16, 32], kernel_size=3, n_groups=4)
+    model.eval()
+    cond_data, cond_mask, global_cond = inpainting_problem(4)
+    args = (
+        mx.array(cond_data[:1]),
+        mx.array(cond_mask[:1]),
+        {"global_cond": mx.array(global_cond[:1])},
+    )
+
+    def sample(cache):
+        return np.array(
+            conditional_sample(model, ddpm(), 10, *args, key=mx.random.key(1), step_cache=cache)
+        )
+
+    with mx.stream(mx.cpu):
+        full = sample(CompiledStepCache())
+        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
+        cache = CompiledStepCache()
+        half = sample(cache)
+        assert len(cache.weights.arrays) > 0
+        assert 0 < np.abs(half - full).max() < 2e-2
+        model.update(tree_map(lambda p: p * 1.5, model.parameters()))
+        updated = sample(cache)
+        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
+        updated_full = sample(CompiledStepCache())
+    assert np.abs(updated - half).max() > 0.1
+    assert np.abs(updated - updated_full).max() < 2e-2

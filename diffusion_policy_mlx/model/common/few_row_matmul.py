@@ -13,15 +13,21 @@ the MLX version now running (its C++ ABI is that version's), the CPU has AVX2 wi
 MLX's default device is the CPU, the product has at most :data:`MAX_ROWS` rows, and
 ``DP_MLX_CPU_KERNELS`` is not ``off``. Otherwise :func:`matmul_wt` is ``x @ w.T``.
 :func:`kernel_status` says which, and why.
+
+With ``DP_MLX_CPU_WEIGHTS=float16`` the kernel reads float16 copies of the convolution weights
+during sampling (:class:`InferenceWeights`), half the bytes, accumulating in float32.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from diffusion_policy_mlx.common import cpu_streams
 
@@ -91,3 +97,87 @@ def matmul_wt(x: mx.array, w: mx.array) -> mx.array:
         x.reshape(rows, x.shape[-1]), w, threads=cpu_streams.cores_per_stream()
     )
     return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+# float16 weights for the kernel: half the bytes to read at batch 1, products still accumulated
+# in float32. Opt-in: the actions then differ from float32 weights' by float16 rounding.
+WEIGHTS_VAR = "DP_MLX_CPU_WEIGHTS"
+_WEIGHT_DTYPES = {"float32": mx.float32, "float16": mx.float16}
+
+
+def weight_dtype() -> mx.Dtype:
+    """The dtype the kernel reads convolution weights in at inference: ``DP_MLX_CPU_WEIGHTS``
+    (``float32``, the default, or ``float16``)."""
+    value = os.environ.get(WEIGHTS_VAR, "float32").strip().lower()
+    if value not in _WEIGHT_DTYPES:
+        raise ValueError(
+            f"{WEIGHTS_VAR}={os.environ[WEIGHTS_VAR]!r}: give one of {sorted(_WEIGHT_DTYPES)}"
+        )
+    return _WEIGHT_DTYPES[value]
+
+
+class InferenceWeights:
+    """Low-precision copies of a model's convolution weights, for the kernel at inference.
+
+    ``arrays`` maps ``str(id(module))`` of every ``nn.Conv1d`` / ``nn.ConvTranspose1d`` in the
+    model to its weight in :func:`weight_dtype`. :meth:`refresh` recomputes a copy when its
+    module's weight array has been replaced (MLX arrays are immutable, so training, EMA updates
+    and checkpoint loads all replace them), and updates ``arrays`` in place, so that a compiled
+    function declaring it as an input (``CompiledStepCache``) reads the new copies. Empty when
+    the weights stay float32 or the kernel is not in use.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, mx.array] = {}
+        self._sources: dict[str, mx.array] = {}
+
+    def refresh(self, model: nn.Module) -> None:
+        dtype = weight_dtype()
+        if dtype == mx.float32 or kernels() is None:
+            self.arrays.clear()
+            self._sources.clear()
+            return
+        convs = {
+            str(id(m)): m
+            for _, m in model.named_modules()
+            if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)
+        }
+        for key in set(self.arrays) - set(convs):
+            del self.arrays[key], self._sources[key]
+        stale = [
+            key
+            for key, m in convs.items()
+            if self._sources.get(key) is not m.weight or self.arrays[key].dtype != dtype
+        ]
+        for key in stale:
+            self._sources[key] = convs[key].weight
+            self.arrays[key] = convs[key].weight.astype(dtype)
+        mx.eval([self.arrays[key] for key in stale])
+
+    def __deepcopy__(self, memo: dict) -> InferenceWeights:
+        # a copied model (the EMA policy) has modules of its own
+        return InferenceWeights()
+
+
+_active: InferenceWeights | None = None
+
+
+@contextmanager
+def using(weights: InferenceWeights | None) -> Iterator[None]:
+    """Within: :func:`weight_for` returns ``weights``' copies (inside ``mx.compile`` tracing,
+    the tracers that stand for them)."""
+    global _active
+    previous, _active = _active, weights
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+def weight_for(module: nn.Module, rows: int) -> mx.array:
+    """The weight a product over ``rows`` rows multiplies: the low-precision copy of
+    ``module.weight`` where the kernel takes the product and :func:`using` holds one, else
+    ``module.weight``."""
+    if _active is None or not uses_kernel(rows):
+        return module.weight
+    return _active.arrays.get(str(id(module)), module.weight)

@@ -43,6 +43,7 @@ class Downsample1d(nn.Module):
             return self.conv(x)
         weight = self.conv.weight  # (C_out, 3, C_in)
         cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
+        weight = few_row_matmul.weight_for(self.conv, cols.shape[0] * cols.shape[1])
         return few_row_matmul.matmul_wt(cols, weight.reshape(weight.shape[0], -1)) + self.conv.bias
 
 
@@ -63,7 +64,7 @@ class Upsample1d(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         batch, length, _ = x.shape
-        weight = self.conv.weight  # (C_out, 4, C_in)
+        weight = few_row_matmul.weight_for(self.conv, batch * length)  # (C_out, 4, C_in)
         c_out = weight.shape[0]
         # (B, T, C_in) @ (C_in, 4 * C_out): every tap's product in one GEMM
         taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1))
@@ -104,7 +105,7 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
     with the weight as the tall left operand it is packed block by block while in cache: 2.0 ms.
     """
     batch, length, _ = x.shape
-    weight = conv.weight  # (C_out, K, C_in)
+    weight = few_row_matmul.weight_for(conv, batch * length)  # (C_out, K, C_in)
     c_out, kernel, _ = weight.shape
     cols = conv1d_columns(x, kernel, stride=1, padding=kernel // 2)
     cols = cols.reshape(batch * length, -1)

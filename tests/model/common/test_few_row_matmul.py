@@ -8,6 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -166,3 +167,55 @@ def test_the_environment_variable_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv(few_row_matmul.ENV_VAR, "off")
     module, status = few_row_matmul._load()
     assert module is None and status == f"disabled by {few_row_matmul.ENV_VAR}=off"
+
+
+class _Convs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = [nn.Conv1d(3, 4, 5, padding=2), nn.ConvTranspose1d(4, 4, 4, stride=2)]
+        self.head = nn.Linear(4, 2)
+
+
+def test_inference_weights_are_float16_copies_that_follow_their_modules(monkeypatch):
+    _kernels()
+    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
+    model, weights = _Convs(), few_row_matmul.InferenceWeights()
+    weights.refresh(model)
+    convs = model.layers
+    assert set(weights.arrays) == {str(id(m)) for m in convs}  # not the Linear
+    for m in convs:
+        copy16 = weights.arrays[str(id(m))]
+        assert copy16.dtype == mx.float16
+        np.testing.assert_array_equal(np.array(copy16), np.array(m.weight.astype(mx.float16)))
+    kept = dict(weights.arrays)
+    arrays = weights.arrays
+    convs[0].weight = convs[0].weight * 2  # what an optimizer or EMA update does
+    weights.refresh(model)
+    assert weights.arrays is arrays, "updated in place: compiled steps hold this dict"
+    assert weights.arrays[str(id(convs[1]))] is kept[str(id(convs[1]))]
+    np.testing.assert_array_equal(
+        np.array(weights.arrays[str(id(convs[0]))]), np.array(convs[0].weight.astype(mx.float16))
+    )
+    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
+    weights.refresh(model)
+    assert weights.arrays == {}
+
+
+def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch):
+    _kernels()
+    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
+    model, weights = _Convs(), few_row_matmul.InferenceWeights()
+    weights.refresh(model)
+    conv = model.layers[0]
+    with mx.stream(mx.cpu):
+        assert few_row_matmul.weight_for(conv, 4) is conv.weight  # no copies in use
+        with few_row_matmul.using(weights):
+            assert few_row_matmul.weight_for(conv, 4).dtype == mx.float16
+            assert few_row_matmul.weight_for(conv, few_row_matmul.MAX_ROWS + 1) is conv.weight
+        assert few_row_matmul.weight_for(conv, 4) is conv.weight
+
+
+def test_a_bad_weight_dtype_names_the_variable(monkeypatch):
+    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "bfloat16")
+    with pytest.raises(ValueError, match="DP_MLX_CPU_WEIGHTS='bfloat16': give one of"):
+        few_row_matmul.weight_dtype()
