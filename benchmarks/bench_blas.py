@@ -7,9 +7,11 @@ The BLAS is chosen when the package is imported, so each mode runs in its own su
 
 The second table is what bounds sampling at batch 1: the U-Net's convolutions at its deepest
 level (1024 channels, kernel 5, 21 MB of float32 weights each) over 4 rows (batch 1 at T = 4,
-our ``conv1d_few_rows``) and 16 rows (``mx.conv1d``), through 12 such layers, 252 MB (the lowdim
-U-Net holds 263 MB), more than any cache, as a forward pass streams them; then the same 4-row
-products with bfloat16 and 8-bit (``mx.quantize``, groups of 64) weights, fewer bytes to read.
+16 rows (batch 1 at T = 16), through 12 such layers, 252 MB (the lowdim U-Net holds 263 MB),
+more than any cache, as a forward pass streams them: by MLX's BLAS products (``BLAS``) and, where
+it is built, by the package's few-row kernel (``kernel``, ``model/common/few_row_matmul.py``);
+then the same 4-row products with fewer bytes to read: float16 weights through the kernel,
+bfloat16 and 8-bit (``mx.quantize``, groups of 64) weights through MLX's own CPU products.
 Rates are bytes of weights as stored per second, next to numpy's plain read of 252 MB.
 """
 
@@ -31,7 +33,11 @@ def measure() -> None:
     import mlx.core as mx
     import mlx.nn as nn
 
-    from diffusion_policy_mlx.model.diffusion.conv1d_components import FEW_ROWS, conv1d_few_rows
+    from diffusion_policy_mlx.model.common import few_row_matmul
+    from diffusion_policy_mlx.model.diffusion.conv1d_components import (
+        conv1d_few_rows,
+        few_rows_limit,
+    )
 
     def median_seconds(fn) -> float:
         for _ in range(3):
@@ -55,13 +61,18 @@ def measure() -> None:
     layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
     mx.eval([layer.parameters() for layer in layers])
     stream = {}
+    kernel = few_row_matmul.kernels() is not None
     for rows in (4, 16):
         x = mx.random.normal((1, rows, 1024))
-        conv = conv1d_few_rows if rows <= FEW_ROWS else nn.Conv1d.__call__
-        stream[f"float32, {rows} rows"] = (
-            median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers]),
-            sum(layer.weight.nbytes for layer in layers),
-        )
+        for path in ("BLAS", "kernel") if kernel else ("BLAS",):
+            # BLAS: MLX's products (weight @ columns^T at 4 rows, mx.conv1d at 16)
+            few_row_matmul.ENABLED = path == "kernel"
+            conv = conv1d_few_rows if rows <= few_rows_limit() else nn.Conv1d.__call__
+            stream[f"float32, {rows} rows, {path}"] = (
+                median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers]),
+                sum(layer.weight.nbytes for layer in layers),
+            )
+    few_row_matmul.ENABLED = False
     # The same 4-row products with the weights in fewer bytes: (4, 5 * 1024) columns.
     cols = mx.random.normal((4, 5 * 1024))
     flat = [layer.weight.reshape(1024, -1) for layer in layers]
@@ -69,11 +80,20 @@ def measure() -> None:
     quant = [mx.quantize(f, group_size=64, bits=8) for f in flat]
     mx.eval(cols, half, quant)
     cols_half = cols.astype(mx.bfloat16)
-    stream["bfloat16, 4 rows"] = (
+    if kernel:
+        few_row_matmul.ENABLED = True
+        halves = [f.astype(mx.float16) for f in flat]
+        mx.eval(halves)
+        stream["float16, 4 rows, kernel"] = (
+            median_seconds(lambda: [few_row_matmul.matmul_wt(cols, h) for h in halves]),
+            sum(h.nbytes for h in halves),
+        )
+        few_row_matmul.ENABLED = False
+    stream["bfloat16, 4 rows, MLX"] = (
         median_seconds(lambda: [h @ cols_half.T for h in half]),
         sum(h.nbytes for h in half),
     )
-    stream["8-bit, 4 rows"] = (
+    stream["8-bit, 4 rows, MLX"] = (
         median_seconds(
             lambda: [
                 mx.quantized_matmul(cols, *q, transpose=True, group_size=64, bits=8) for q in quant
