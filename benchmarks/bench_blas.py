@@ -59,6 +59,8 @@ def measure() -> None:
     }
 
     layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
+    for layer in layers:
+        layer.eval()  # the kernel serves sampling
     mx.eval([layer.parameters() for layer in layers])
     stream = {}
     kernel = few_row_matmul.kernels() is not None
@@ -67,7 +69,7 @@ def measure() -> None:
         for path in ("BLAS", "kernel") if kernel else ("BLAS",):
             # BLAS: MLX's products (weight @ columns^T at 4 rows, mx.conv1d at 16)
             few_row_matmul.ENABLED = path == "kernel"
-            conv = conv1d_few_rows if rows <= few_rows_limit() else nn.Conv1d.__call__
+            conv = conv1d_few_rows if rows <= few_rows_limit(layers[0]) else nn.Conv1d.__call__
             stream[f"float32, {rows} rows, {path}"] = (
                 median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers]),
                 sum(layer.weight.nbytes for layer in layers),
@@ -85,7 +87,7 @@ def measure() -> None:
         halves = [f.astype(mx.float16) for f in flat]
         mx.eval(halves)
         stream["float16, 4 rows, kernel"] = (
-            median_seconds(lambda: [few_row_matmul.matmul_wt(cols, h) for h in halves]),
+            median_seconds(lambda: [few_row_matmul.matmul_wt(cols, h, layers[0]) for h in halves]),
             sum(h.nbytes for h in halves),
         )
         few_row_matmul.ENABLED = False

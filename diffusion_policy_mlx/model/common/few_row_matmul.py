@@ -10,8 +10,9 @@ rows from registers, on every core: 28 GB/s on the same machine (``benchmarks/be
 The kernel is the compiled extension ``diffusion_policy_mlx._cpu_kernels``, which
 ``pip install`` builds on Linux x86_64. It is used where all of these hold: it was built, against
 the MLX version now running (its C++ ABI is that version's), the CPU has AVX2 with FMA and F16C,
-MLX's default device is the CPU, the product has at most :data:`MAX_ROWS` rows, and
-``DP_MLX_CPU_KERNELS`` is not ``off``. Otherwise :func:`matmul_wt` is ``x @ w.T``.
+MLX's default device is the CPU, the layer is in eval mode (sampling; training keeps MLX's
+products), the product has at most :data:`MAX_ROWS` rows, and ``DP_MLX_CPU_KERNELS`` is not
+``off``. Otherwise :func:`matmul_wt` is ``x @ w.T``.
 :func:`kernel_status` says which, and why.
 
 With ``DP_MLX_CPU_WEIGHTS=float16`` the kernel reads float16 copies of the convolution weights
@@ -80,19 +81,28 @@ def kernel_status() -> str:
     return _status
 
 
-def uses_kernel(rows: int) -> bool:
-    """Whether a product over ``rows`` rows on the current default device takes the kernel."""
-    return rows <= MAX_ROWS and mx.default_device() == mx.cpu and kernels() is not None
+def uses_kernel(rows: int, module: nn.Module) -> bool:
+    """Whether a product of ``module`` (a layer) over ``rows`` rows on the current default device
+    takes the kernel. Only in eval mode: training keeps MLX's products (and their tuned
+    gradients), so its numbers do not depend on whether the extension was built."""
+    return (
+        rows <= MAX_ROWS
+        and not module.training
+        and mx.default_device() == mx.cpu
+        and kernels() is not None
+    )
 
 
-def matmul_wt(x: mx.array, w: mx.array) -> mx.array:
-    """``x @ w.T``: x (..., K) float32, w (N, K) float32 or float16 -> (..., N) float32.
+def matmul_wt(x: mx.array, w: mx.array, module: nn.Module) -> mx.array:
+    """``x @ w.T`` for a product of ``module``: x (..., K) float32, w (N, K) float32 or float16
+    -> (..., N) float32.
 
     Through the kernel where :func:`uses_kernel` holds for ``x``'s rows (its leading axes
-    flattened), on as many threads as the CPU streams leave this one; gradients are GEMMs."""
+    flattened), on as many threads as the CPU streams leave this one; its gradients are
+    GEMMs."""
     rows = x.size // x.shape[-1]
-    if not uses_kernel(rows):
-        return x @ w.T.astype(x.dtype)
+    if not uses_kernel(rows, module):
+        return x @ w.T
     y = kernels().few_row_matmul(
         x.reshape(rows, x.shape[-1]), w, threads=cpu_streams.cores_per_stream()
     )
@@ -124,7 +134,7 @@ class InferenceWeights:
     module's weight array has been replaced (MLX arrays are immutable, so training, EMA updates
     and checkpoint loads all replace them), and updates ``arrays`` in place, so that a compiled
     function declaring it as an input (``CompiledStepCache``) reads the new copies. Empty when
-    the weights stay float32 or the kernel is not in use.
+    the weights stay float32, MLX's default device is a GPU or the kernel is not in use.
     """
 
     def __init__(self) -> None:
@@ -133,7 +143,7 @@ class InferenceWeights:
 
     def refresh(self, model: nn.Module) -> None:
         dtype = weight_dtype()
-        if dtype == mx.float32 or kernels() is None:
+        if dtype == mx.float32 or mx.default_device() != mx.cpu or kernels() is None:
             self.arrays.clear()
             self._sources.clear()
             return
@@ -178,6 +188,6 @@ def weight_for(module: nn.Module, rows: int) -> mx.array:
     """The weight a product over ``rows`` rows multiplies: the low-precision copy of
     ``module.weight`` where the kernel takes the product and :func:`using` holds one, else
     ``module.weight``."""
-    if _active is None or not uses_kernel(rows):
+    if _active is None or not uses_kernel(rows, module):
         return module.weight
     return _active.arrays.get(str(id(module)), module.weight)

@@ -44,7 +44,8 @@ class Downsample1d(nn.Module):
         weight = self.conv.weight  # (C_out, 3, C_in)
         cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
         weight = few_row_matmul.weight_for(self.conv, cols.shape[0] * cols.shape[1])
-        return few_row_matmul.matmul_wt(cols, weight.reshape(weight.shape[0], -1)) + self.conv.bias
+        flat = weight.reshape(weight.shape[0], -1)
+        return few_row_matmul.matmul_wt(cols, flat, self.conv) + self.conv.bias
 
 
 class Upsample1d(nn.Module):
@@ -67,7 +68,7 @@ class Upsample1d(nn.Module):
         weight = few_row_matmul.weight_for(self.conv, batch * length)  # (C_out, 4, C_in)
         c_out = weight.shape[0]
         # (B, T, C_in) @ (C_in, 4 * C_out): every tap's product in one GEMM
-        taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1))
+        taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1), self.conv)
         taps = taps.reshape(batch, length, c_out, 4)
         zero = mx.zeros((batch, 1, c_out), dtype=taps.dtype)
         prev_tap3 = mx.concatenate([zero, taps[:, :-1, :, 3]], axis=1)  # x[t-1] W_3
@@ -83,11 +84,11 @@ class Upsample1d(nn.Module):
 FEW_ROWS = 4
 
 
-def few_rows_limit() -> int:
+def few_rows_limit(conv: nn.Module) -> int:
     """Most (batch x time) rows a CPU convolution takes :func:`conv1d_few_rows` for: the
     kernel's :data:`~diffusion_policy_mlx.model.common.few_row_matmul.MAX_ROWS` where it is
-    used, else :data:`FEW_ROWS`."""
-    if few_row_matmul.kernels() is not None:
+    used (``conv`` in eval mode), else :data:`FEW_ROWS`."""
+    if few_row_matmul.uses_kernel(0, conv):
         return few_row_matmul.MAX_ROWS
     return FEW_ROWS
 
@@ -109,8 +110,8 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
     c_out, kernel, _ = weight.shape
     cols = conv1d_columns(x, kernel, stride=1, padding=kernel // 2)
     cols = cols.reshape(batch * length, -1)
-    if few_row_matmul.uses_kernel(batch * length):
-        y = few_row_matmul.matmul_wt(cols, weight.reshape(c_out, -1))  # (B * T, C_out)
+    if few_row_matmul.uses_kernel(batch * length, conv):
+        y = few_row_matmul.matmul_wt(cols, weight.reshape(c_out, -1), conv)  # (B * T, C_out)
     else:
         y = (weight.reshape(c_out, -1) @ cols.T).T
     return y.reshape(batch, length, c_out) + conv.bias
@@ -123,7 +124,7 @@ def conv1d(conv: nn.Conv1d, x: mx.array) -> mx.array:
     :func:`conv1d_same` (its gradients skip the padded taps)."""
     if mx.default_device() != mx.cpu:
         return conv(x)
-    if x.shape[0] * x.shape[1] <= few_rows_limit():
+    if x.shape[0] * x.shape[1] <= few_rows_limit(conv):
         return conv1d_few_rows(conv, x)
     return conv1d_same(x, conv.weight) + conv.bias
 

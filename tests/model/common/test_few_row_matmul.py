@@ -116,17 +116,22 @@ def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch):
         return kernels.few_row_matmul(x, w, threads=threads)
 
     monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
-    w = mx.array(_randn(6, 8))
+    layer = nn.Linear(8, 6)
+    layer.eval()
+    w = layer.weight
     few, many = mx.array(_randn(2, 8, 8)), mx.array(_randn(3, 6, 8))  # 16 and 18 rows
     with mx.stream(mx.cpu):
-        got_few = few_row_matmul.matmul_wt(few, w)
-        got_many = few_row_matmul.matmul_wt(many, w)
-    assert calls == [((16, 8), cpu_streams.available_cores())]
-    assert got_few.shape == (2, 8, 6)
-    np.testing.assert_allclose(np.array(got_few), np.array(few @ w.T), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.array(got_many), np.array(many @ w.T), rtol=1e-6)
-    monkeypatch.setattr(few_row_matmul, "ENABLED", False)
-    few_row_matmul.matmul_wt(few, w)
+        got_few = few_row_matmul.matmul_wt(few, w, layer)
+        got_many = few_row_matmul.matmul_wt(many, w, layer)
+        assert calls == [((16, 8), cpu_streams.available_cores())]
+        assert got_few.shape == (2, 8, 6)
+        np.testing.assert_allclose(np.array(got_few), np.array(few @ w.T), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.array(got_many), np.array(many @ w.T), rtol=1e-6)
+        layer.train()  # training keeps MLX's product
+        few_row_matmul.matmul_wt(few, w, layer)
+        layer.eval()
+        monkeypatch.setattr(few_row_matmul, "ENABLED", False)
+        few_row_matmul.matmul_wt(few, w, layer)
     assert len(calls) == 1
 
 
@@ -143,10 +148,12 @@ def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(cpu_streams, "available_cores", lambda: 4)
     cpu_streams.set_cpu_streams(2)
     try:
-        w = mx.array(_randn(5, 3))
+        layer = nn.Linear(3, 5)
+        layer.eval()
+        w = layer.weight
         x = mx.array(_randn(4, 2, 3))
         with mx.stream(mx.cpu):
-            parts = cpu_streams.map_chunks(lambda rows: few_row_matmul.matmul_wt(rows, w), x)
+            parts = cpu_streams.map_chunks(lambda rows: few_row_matmul.matmul_wt(rows, w, layer), x)
     finally:
         cpu_streams.set_cpu_streams(None)
     assert seen == [2, 2]
@@ -205,6 +212,7 @@ def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch)
     _kernels()
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
     model, weights = _Convs(), few_row_matmul.InferenceWeights()
+    model.eval()
     weights.refresh(model)
     conv = model.layers[0]
     with mx.stream(mx.cpu):
@@ -212,6 +220,9 @@ def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch)
         with few_row_matmul.using(weights):
             assert few_row_matmul.weight_for(conv, 4).dtype == mx.float16
             assert few_row_matmul.weight_for(conv, few_row_matmul.MAX_ROWS + 1) is conv.weight
+            conv.train()
+            assert few_row_matmul.weight_for(conv, 4) is conv.weight
+            conv.eval()
         assert few_row_matmul.weight_for(conv, 4) is conv.weight
 
 

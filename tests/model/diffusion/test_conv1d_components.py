@@ -142,11 +142,15 @@ def test_conv1d_block():
     np.testing.assert_allclose(from_cl(y), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kernel", [1, 3, 5])
-@pytest.mark.parametrize("shape", [(1, 4), (2, 2), (1, 1)])
-def test_conv1d_few_rows_is_the_convolution_and_its_gradient(kernel, shape):
+@pytest.mark.parametrize("shape", [(1, 4), (2, 2), (1, 1), (2, 8)])
+def test_conv1d_few_rows_is_the_convolution_and_its_gradient(kernel, shape, training):
+    """In eval mode through the CPU kernel where it is built, in training mode as weight @
+    columns^T."""
     batch, length = shape
     m = Conv1dBlock(6, 8, kernel_size=kernel, n_groups=4)
+    m.train(training)
     conv = m.block[0]
     x = mx.array(randn(batch, length, 6), mx.float32)
     w = conv.weight.transpose(0, 2, 1)  # torch layout (O, C_in, K)
@@ -181,14 +185,15 @@ def test_conv1d_block_takes_the_few_rows_path_on_the_cpu(monkeypatch):
 
     monkeypatch.setattr(conv1d_components, "conv1d_few_rows", spy)
     m = Conv1dBlock(16, 16, kernel_size=5, n_groups=8)
-    limit = few_rows_limit()
+    m.eval()
+    limit = few_rows_limit(m.block[0])
     x = mx.array(randn(1, limit, 16), mx.float32)
     with mx.stream(mx.cpu):
         few = m(x)
         assert calls == [(1, limit, 16)]
         m(mx.array(randn(1, limit + 1, 16), mx.float32))  # MLX's convolution
         assert len(calls) == 1
-        monkeypatch.setattr(conv1d_components, "few_rows_limit", lambda: 0)
+        monkeypatch.setattr(conv1d_components, "few_rows_limit", lambda conv: 0)
         plain = m(x)
         assert len(calls) == 1
     np.testing.assert_allclose(np.array(few), np.array(plain), atol=1e-5)
@@ -246,7 +251,7 @@ def test_conv1d_block_trains_through_conv1d_same_on_the_cpu(monkeypatch):
         return conv1d_same(x, weight)
 
     m = Conv1dBlock(6, 8, kernel_size=5, n_groups=4)
-    x = mx.array(randn(2, 20, 6), mx.float32)  # 40 rows: more than few_rows_limit()
+    x = mx.array(randn(2, 20, 6), mx.float32)  # 40 rows: more than any few_rows_limit()
 
     def loss(params):
         m.update(params)
