@@ -12,7 +12,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <mutex>
 #include <sstream>
@@ -185,7 +184,8 @@ class FewRowMatmul : public mx::UnaryPrimitive {
     throw std::runtime_error("few_row_matmul runs on the CPU only; call it with stream=mx.cpu");
   }
 
-  // y = x w^T: dx = dy w, dw = dy^T x (in w's dtype). Training at batch 1 runs through here.
+  // y = x w^T: dx = dy w, dw = dy^T x (in w's dtype). The package samples through the kernel
+  // only (training keeps MLX's products); this is for anyone who differentiates a call.
   std::vector<mx::array> vjp(
       const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
       const std::vector<int>& argnums, const std::vector<mx::array>&) override {

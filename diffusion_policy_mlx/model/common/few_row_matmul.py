@@ -154,11 +154,7 @@ class InferenceWeights:
         }
         for key in set(self.arrays) - set(convs):
             del self.arrays[key], self._sources[key]
-        stale = [
-            key
-            for key, m in convs.items()
-            if self._sources.get(key) is not m.weight or self.arrays[key].dtype != dtype
-        ]
+        stale = [key for key, m in convs.items() if self._sources.get(key) is not m.weight]
         for key in stale:
             self._sources[key] = convs[key].weight
             self.arrays[key] = convs[key].weight.astype(dtype)

@@ -41,8 +41,8 @@ class Downsample1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if mx.default_device() != mx.cpu:
             return self.conv(x)
-        weight = self.conv.weight  # (C_out, 3, C_in)
         cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
+        # (C_out, 3, C_in)
         weight = few_row_matmul.weight_for(self.conv, cols.shape[0] * cols.shape[1])
         flat = weight.reshape(weight.shape[0], -1)
         return few_row_matmul.matmul_wt(cols, flat, self.conv) + self.conv.bias
