@@ -19,42 +19,20 @@
 #include <thread>
 #include <vector>
 
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/variant.h>
-
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
 #include "mlx/utils.h"
-#include "mlx/version.h"
 
+#include "cpu_kernels.h"
 #include "few_row_kernels.h"
+#include "isa.h"
 
 namespace mx = mlx::core;
-namespace nb = nanobind;
-using namespace nb::literals;
 
 namespace dp_mlx {
 
 constexpr int kMaxRows = 16;
-
-// ---------------------------------------------------------------------------------------------
-// Which kernel this CPU runs: each ISA's kernels are compiled in their own file with that ISA's
-// flags, so nothing here may assume it.
-
-enum class Isa { none, avx2, avx512 };
-
-Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return Isa::avx2;
-  return Isa::none;
-}
-
-const Isa kIsa = detect_isa();
 
 template <class Wt>
 void few_rows_range(
@@ -236,16 +214,3 @@ mx::array few_row_matmul(const mx::array& x, const mx::array& w, int threads, mx
 }
 
 }  // namespace dp_mlx
-
-NB_MODULE(_cpu_kernels, m) {
-  m.doc() = "CPU kernels of diffusion_policy_mlx (MLX primitives).";
-  m.attr("mlx_version") = std::to_string(MLX_VERSION_MAJOR) + "." +
-                          std::to_string(MLX_VERSION_MINOR) + "." +
-                          std::to_string(MLX_VERSION_PATCH);
-  m.attr("isa") = dp_mlx::kIsa == dp_mlx::Isa::avx512 ? "avx512"
-                  : dp_mlx::kIsa == dp_mlx::Isa::avx2 ? "avx2"
-                                                      : "none";
-  m.def("few_row_matmul", &dp_mlx::few_row_matmul, "x"_a, "w"_a, nb::kw_only(), "threads"_a = 1,
-        "stream"_a = nb::none(),
-        "x @ w.T for x (M <= 16, K) float32 and w (N, K) float32 or float16 -> (M, N) float32.");
-}

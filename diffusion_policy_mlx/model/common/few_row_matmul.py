@@ -66,13 +66,19 @@ def _load() -> tuple[ModuleType | None, str]:
     return module, f"{module.isa} kernel"
 
 
-def kernels() -> ModuleType | None:
-    """The loaded extension, or None when it cannot be used (see :func:`kernel_status`) or
-    :data:`ENABLED` is False."""
+def extension() -> ModuleType | None:
+    """The loaded extension ``diffusion_policy_mlx._cpu_kernels`` (this kernel and the CPU
+    GroupNorm's), or None when it cannot be used (see :func:`kernel_status`)."""
     global _kernels, _status
     if _status is None:
         _kernels, _status = _load()
-    return _kernels if ENABLED else None
+    return _kernels
+
+
+def kernels() -> ModuleType | None:
+    """The loaded extension, or None when it cannot be used (see :func:`kernel_status`) or
+    :data:`ENABLED` is False."""
+    return extension() if ENABLED else None
 
 
 def kernel_status() -> str:

@@ -10,6 +10,7 @@ import mlx.nn as nn
 
 from diffusion_policy_mlx.model.common import few_row_matmul
 from diffusion_policy_mlx.model.common.activation import Mish
+from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
 from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
 
@@ -219,7 +220,7 @@ class Conv1dBlock(nn.Module):
         # A list, like torch's nn.Sequential, so the names are block.0.* and block.1.*.
         self.block = [
             nn.Conv1d(inp_channels, out_channels, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(n_groups, out_channels, pytorch_compatible=True),
+            GroupNorm(n_groups, out_channels, pytorch_compatible=True),
             Mish(),
         ]
 
@@ -233,13 +234,13 @@ class Conv1dBlock(nn.Module):
         """``block(x) * scale + shift + residual``: the optional FiLM ``scale``, ``shift``
         (B, C_out) and ``residual`` (B, T, C_out) of ``ConditionalResidualBlock1D``, taken here
         so that on NVIDIA GPUs in eval mode one fused kernel applies them with the norm."""
-        conv, norm, mish = self.block
+        conv, norm, _ = self.block
         x = conv1d(conv, x)
         if not self.training and fused_available():
             return group_norm_mish(
                 x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual
             )
-        x = mish(norm(x))
+        x = group_norm(x, norm, activation="mish")
         if scale is not None:
             x = x * scale[:, None, :]
         if shift is not None:

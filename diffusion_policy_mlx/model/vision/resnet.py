@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
 from diffusion_policy_mlx.model.vision.strided_conv import Conv2d
+
+
+def norm_relu(norm: nn.Module, x: mx.array) -> mx.array:
+    """``relu(norm(x))``; a GroupNorm (``replace_bn_with_gn``) applies both in one CPU kernel."""
+    if isinstance(norm, nn.GroupNorm):
+        return group_norm(x, norm, activation="relu")
+    return nn.relu(norm(x))
 
 
 def conv_init(conv: nn.Conv2d) -> nn.Conv2d:
@@ -90,7 +98,7 @@ class BasicBlock(nn.Module):
         return self.bn2
 
     def __call__(self, x: mx.array) -> mx.array:
-        out = nn.relu(self.bn1(self.conv1(x)))
+        out = norm_relu(self.bn1, self.conv1(x))
         out = self.bn2(self.conv2(out))
         identity = apply_sequence(self.downsample, x) if "downsample" in self else x
         return nn.relu(out + identity)
@@ -120,8 +128,8 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def __call__(self, x: mx.array) -> mx.array:
-        out = nn.relu(self.bn1(self.conv1(x)))
-        out = nn.relu(self.bn2(self.conv2(out)))
+        out = norm_relu(self.bn1, self.conv1(x))
+        out = norm_relu(self.bn2, self.conv2(out))
         out = self.bn3(self.conv3(out))
         identity = apply_sequence(self.downsample, x) if "downsample" in self else x
         return nn.relu(out + identity)
@@ -175,7 +183,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: mx.array) -> mx.array:
         """Conv trunk without pooling: ``(B, H, W, C) -> (B, ceil(H/32), ceil(W/32), F)``."""
-        x = self.maxpool(nn.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(norm_relu(self.bn1, self.conv1(x)))
         return apply_sequence(self.stages(), x)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -237,7 +245,7 @@ def replace_bn_with_gn(module: nn.Module, features_per_group: int = 16) -> int:
                 f"{features_per_group} channels per group"
             )
         groups = bn.num_features // features_per_group
-        norm = nn.GroupNorm(groups, bn.num_features, pytorch_compatible=True)
+        norm = GroupNorm(groups, bn.num_features, pytorch_compatible=True)
         norm.train(bn.training)
         return norm
 

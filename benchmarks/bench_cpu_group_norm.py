@@ -1,0 +1,112 @@
+"""The CPU GroupNorm kernel (``model/common/group_norm.py``) against MLX's GroupNorm, in one
+process, alternating call by call:
+
+    python benchmarks/bench_cpu_group_norm.py --ops          # the norm alone, forward and gradients
+    python benchmarks/bench_cpu_group_norm.py                # predict_action, lowdim U-Net
+    python benchmarks/bench_cpu_group_norm.py --config train_diffusion_unet_hybrid_workspace
+
+``--ops`` times the norm with its activation at the shapes one CPU stream sees in the default
+training steps (half of each batch): the lowdim U-Net's three levels (batch 128, Mish), the
+hybrid U-Net's deepest level (batch 32) and the ResNet-18's stem and first stage (64 images of
+84 x 84 crops, no activation), each ``mx.compile``d: the output alone and with its three
+gradients. Without ``--ops``: whole ``predict_action`` calls of a default policy (DDPM 100 and
+DDIM 16 at batch 1, DDIM 16 at batch 56), same weights and noise. One JSON line per row.
+
+The training step with and without the kernel, each in its own process (the extension off
+also turns off the few-row kernel, which training does not use):
+``python benchmarks/bench_train_processes.py --against-env DP_MLX_CPU_KERNELS=off``.
+"""
+
+# Before mlx.core: the package loads the fast CPU BLAS on import.
+import diffusion_policy_mlx  # noqa: F401, I001
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+from diffusion_policy_mlx.model.common import few_row_matmul, group_norm
+from diffusion_policy_mlx.model.common.group_norm import GroupNorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_ab import CASES, compare_paths  # noqa: E402
+
+# (name, (B, S, C), groups, activation): S flattens a sample's other axes
+OP_SHAPES = [
+    ("lowdim unet T=16", (128, 16, 256), 8, "mish"),
+    ("lowdim unet T=8", (128, 8, 512), 8, "mish"),
+    ("lowdim unet T=4", (128, 4, 1024), 8, "mish"),
+    ("hybrid unet T=4", (32, 4, 2048), 8, "mish"),
+    ("resnet18 stem 42x42", (64, 42 * 42, 64), 4, "relu"),
+    ("resnet18 layer1 21x21", (64, 21 * 21, 64), 4, "none"),
+]
+
+
+def use_kernel(on: bool) -> None:
+    # read when a step is traced; each path keeps its own compiled steps
+    group_norm.ENABLED = on
+
+
+def time_ops(repeats: int) -> None:
+    for name, shape, groups, activation in OP_SHAPES:
+        norm = GroupNorm(groups, shape[-1], pytorch_compatible=True)
+        x = mx.random.normal(shape)
+        dy = mx.random.normal(shape)
+
+        def forward(x, w, b):
+            norm.weight, norm.bias = w, b
+            return group_norm.group_norm(x, norm, activation)
+
+        params = (x, norm.weight, norm.bias)
+        row: dict = {"shape": name, "size": list(shape), "activation": activation}
+        for label, fn in (
+            ("fwd", lambda *a: forward(*a)),
+            ("fwd_bwd", lambda *a: mx.vjp(forward, list(a), [dy])),
+        ):
+            times: dict[str, list[float]] = {"mlx": [], "kernel": []}
+            compiled = {}
+            for path in times:  # trace each path once, with its own compiled function
+                use_kernel(path == "kernel")
+                compiled[path] = mx.compile(fn)
+                mx.eval(compiled[path](*params))
+            for _ in range(repeats):
+                for path in times:
+                    use_kernel(path == "kernel")
+                    start = time.perf_counter()
+                    mx.eval(compiled[path](*params))
+                    times[path].append(time.perf_counter() - start)
+            mlx_ms, kernel_ms = (statistics.median(times[p]) * 1e3 for p in ("mlx", "kernel"))
+            row[f"{label}_mlx_ms"] = round(mlx_ms, 3)
+            row[f"{label}_kernel_ms"] = round(kernel_ms, 3)
+            row[f"{label}_speedup"] = round(mlx_ms / kernel_ms, 2)
+        use_kernel(True)
+        print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ops", action="store_true", help="the norm alone at training shapes")
+    args = parser.parse_args()
+    if few_row_matmul.extension() is None:
+        sys.exit(f"the CPU kernels are not in use: {few_row_matmul.kernel_status()}")
+    mx.set_default_device(mx.cpu)
+    if args.ops:
+        time_ops(args.repeats)
+        return
+    compare_paths(
+        args.config,
+        "cpu",
+        args.repeats,
+        {"mlx": lambda: use_kernel(False), "kernel": lambda: use_kernel(True)},
+        CASES,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+// The MLX operations of the package's CPU extension, bound to Python in module.cpp.
+#pragma once
+
+#include <string>
+
+#include "mlx/mlx.h"
+
+namespace dp_mlx {
+
+// x @ w^T for x (M <= 16, K) float32 and w (N, K) float32 or float16 -> (M, N) float32.
+mlx::core::array few_row_matmul(
+    const mlx::core::array& x, const mlx::core::array& w, int threads,
+    mlx::core::StreamOrDevice s);
+
+// activation(group_norm(x) * weight + bias) for x (B, S, C) float32, weight and bias (C,):
+// `groups` groups of C / groups channels, each normalised over S. activation is "none",
+// "mish" or "relu". Differentiable in all three inputs.
+mlx::core::array group_norm(
+    const mlx::core::array& x, const mlx::core::array& weight, const mlx::core::array& bias,
+    int groups, float eps, const std::string& activation, mlx::core::StreamOrDevice s);
+
+}  // namespace dp_mlx
