@@ -29,7 +29,8 @@ GPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -94,16 +95,66 @@ class Chunk:
         return self.stop - self.start
 
 
-def batch_chunks(batch_size: int) -> list[Chunk]:
-    """The chunks a batch of ``batch_size`` rows is split into on the current default device:
-    one per CPU stream (at most one per row), or none when nothing is split (a GPU default
-    device, one stream, a single row, or inside a chunk already)."""
-    n = min(cpu_streams(), batch_size)
+def _split_streams(n: int) -> list[mx.Stream]:
+    """The first ``n`` of the streams work is split over (none for ``n < 2``, on a GPU default
+    device, or inside a chunk already)."""
     if n < 2 or _in_chunk or mx.default_device() != mx.cpu:
         return []
     while len(_streams) < n:
         _streams.append(mx.new_stream(mx.cpu))
-    return [Chunk(_streams[i], *shard_bounds(batch_size, i, n)) for i in range(n)]
+    return _streams[:n]
+
+
+def batch_chunks(batch_size: int) -> list[Chunk]:
+    """The chunks a batch of ``batch_size`` rows is split into on the current default device:
+    one per CPU stream (at most one per row), or none when nothing is split (a GPU default
+    device, one stream, a single row, or inside a chunk already)."""
+    streams = _split_streams(min(cpu_streams(), batch_size))
+    n = len(streams)
+    return [Chunk(streams[i], *shard_bounds(batch_size, i, n)) for i in range(n)]
+
+
+class ParameterSpread:
+    """Spreads per-parameter elementwise work (an optimizer's update, the EMA's averaging)
+    over the CPU streams, each parameter whole on the stream with the fewest elements so far.
+
+    MLX's CPU elementwise kernels run on one thread, so the AdamW and EMA updates of the hybrid
+    policy's 263M parameters kept one core busy and the other idle for a third of its training
+    step. ``with spread.on(parameter):`` traces what follows on that parameter's stream; with
+    one stream (or on a GPU) it changes nothing. The assignment follows the order of the calls,
+    which is the parameter tree's, so every trace makes the same one.
+    """
+
+    def __init__(self) -> None:
+        self.streams = _split_streams(cpu_streams())
+        self.loads = [0] * len(self.streams)
+
+    @contextmanager
+    def on(self, parameter: mx.array) -> Iterator[None]:
+        if not self.streams:
+            yield
+            return
+        i = self.loads.index(min(self.loads))
+        self.loads[i] += parameter.size
+        with mx.stream(self.streams[i]):
+            yield
+
+    @contextmanager
+    def optimizer_updates(self, optimizer: Any) -> Iterator[None]:
+        """Within, each parameter's ``optimizer.apply_single`` (an ``mlx.optimizers`` optimizer)
+        is traced on its stream; the step count and learning-rate schedule stay where they
+        are."""
+        apply_single = optimizer.apply_single
+
+        def on_stream(gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+            with self.on(parameter):
+                return apply_single(gradient, parameter, state)
+
+        optimizer.apply_single = on_stream
+        try:
+            yield
+        finally:
+            del optimizer.apply_single
 
 
 def batch_rows(batch: Any) -> int:

@@ -106,19 +106,17 @@ class TrainStep:
                 return
             new = dict(tree_flatten(model.parameters()))
             averaged = dict(tree_flatten(ema.averaged_model.parameters()))
-            ema.averaged_model.update(
-                tree_unflatten(
-                    [
-                        (
-                            k,
-                            v.astype(averaged[k].dtype)
-                            if k in copied
-                            else averaged[k] * decay + v.astype(averaged[k].dtype) * (1 - decay),
-                        )
-                        for k, v in new.items()
-                    ]
-                )
-            )
+            spread = cpu_streams.ParameterSpread()
+            blended = []
+            for k, v in new.items():
+                with spread.on(v):
+                    v = v.astype(averaged[k].dtype)
+                    blended.append((k, v if k in copied else averaged[k] * decay + v * (1 - decay)))
+            ema.averaged_model.update(tree_unflatten(blended))
+
+        def optimizer_update(grads: dict) -> None:
+            with cpu_streams.ParameterSpread().optimizer_updates(optimizer):
+                optimizer.update(model, grads)
 
         # (loss, grads) of the batch, or of this rank's shard, split over the CPU's streams
         shard_loss_and_grad = partial(cpu_streams.chunked_mean, loss_and_grad)
@@ -130,7 +128,7 @@ class TrainStep:
             if group is not None:
                 grads = distributed.average_gradients(grads, shard, group)
                 loss = distributed.global_mean(loss, shard, group)
-            optimizer.update(model, grads)
+            optimizer_update(grads)
             ema_update(decay)
             return loss
 
@@ -147,7 +145,7 @@ class TrainStep:
         def apply(grads: dict) -> None:
             if group is not None:
                 grads = nn.average_gradients(grads, group=group)
-            optimizer.update(model, grads)
+            optimizer_update(grads)
 
         self.fused = mx.compile(fused, inputs=self.state, outputs=self.state)
         # value_and_grad swaps tracers into the model, so its state is an output here too.

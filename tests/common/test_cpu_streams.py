@@ -149,3 +149,50 @@ def test_bfs_width_default_only_without_gpu_and_unset():
     env = {}
     assert cpu_streams.apply_cpu_defaults(True, env) == {}
     assert env == {}
+
+
+def test_parameter_spread_balances_elements_over_the_streams(streams):
+    streams(2)
+    spread = cpu_streams.ParameterSpread()
+    used = []
+    for size in [100, 10, 10, 50, 30]:
+        with spread.on(mx.zeros((size,))):
+            used.append(mx.default_stream(mx.cpu))
+    first, second = spread.streams
+    # greedy by elements so far: 100 | 10, 10, 50 | then 30 on the lighter (70)
+    assert used == [first, second, second, second, second]
+    assert spread.loads == [100, 100]
+
+
+def test_parameter_spread_changes_nothing_with_one_stream(streams):
+    streams(1)
+    spread = cpu_streams.ParameterSpread()
+    default = mx.default_stream(mx.cpu)
+    with spread.on(mx.zeros((4,))):
+        assert mx.default_stream(mx.cpu) == default
+    assert spread.streams == []
+
+
+def test_optimizer_updates_on_streams_equal_the_plain_update(streams):
+    from mlx.optimizers import AdamW
+
+    streams(2)
+    rng = np.random.default_rng(0)
+    params = {
+        f"w{i}": mx.array(rng.standard_normal((5, i + 1)).astype(np.float32)) for i in range(4)
+    }
+    grads = {k: v * 0.3 + 0.1 for k, v in params.items()}
+    plain, spread_opt = (
+        AdamW(learning_rate=0.01, weight_decay=0.1),
+        AdamW(learning_rate=0.01, weight_decay=0.1),
+    )
+    want = plain.apply_gradients(grads, params)
+    spread = cpu_streams.ParameterSpread()
+    with spread.optimizer_updates(spread_opt):
+        got = spread_opt.apply_gradients(grads, params)
+    # the wrapper is gone afterwards, and the work went to both streams
+    assert "apply_single" not in vars(spread_opt)
+    assert all(load > 0 for load in spread.loads)
+    for k in params:
+        np.testing.assert_array_equal(np.array(got[k]), np.array(want[k]))
+    assert spread_opt.state["step"].item() == plain.state["step"].item() == 1
