@@ -56,22 +56,25 @@ def time_ops(repeats: int) -> None:
         norm = GroupNorm(groups, shape[-1], pytorch_compatible=True)
         x = mx.random.normal(shape)
         dy = mx.random.normal(shape)
+        # evaluated now: a captured lazy draw would be traced into, and redrawn by, every call
+        mx.eval(x, dy, norm.parameters())
 
-        def forward(x, w, b):
+        def forward(x, w, b, norm=norm, activation=activation):
             norm.weight, norm.bias = w, b
             return group_norm.group_norm(x, norm, activation)
 
         params = (x, norm.weight, norm.bias)
         row: dict = {"shape": name, "size": list(shape), "activation": activation}
         for label, fn in (
-            ("fwd", lambda *a: forward(*a)),
-            ("fwd_bwd", lambda *a: mx.vjp(forward, list(a), [dy])),
+            ("fwd", lambda *a, forward=forward: forward(*a)),
+            ("fwd_bwd", lambda *a, forward=forward, dy=dy: mx.vjp(forward, list(a), [dy])),
         ):
             times: dict[str, list[float]] = {"mlx": [], "kernel": []}
             compiled = {}
             for path in times:  # trace each path once, with its own compiled function
                 use_kernel(path == "kernel")
-                compiled[path] = mx.compile(fn)
+                # a new function object each: MLX keys its compiled traces by the function
+                compiled[path] = mx.compile(lambda *a, fn=fn: fn(*a))
                 mx.eval(compiled[path](*params))
             for _ in range(repeats):
                 for path in times:

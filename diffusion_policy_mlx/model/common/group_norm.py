@@ -6,8 +6,9 @@ gradient several times that. In the lowdim U-Net's training step the 25 norms an
 took about as long as the convolutions at the two shallow levels, and in the image policy the
 ResNet-18's 20 norms work on far larger activations. The extension's ``group_norm``
 (``csrc/group_norm.cpp``) is a vectorised (AVX-512 or AVX2) MLX primitive with its own
-gradient: 9.3 -> 0.7 ms forward and 16 -> 1.8 ms with gradients for a (128, 4, 1024) input
-with Mish (``benchmarks/bench_group_norm.py --cpu``).
+gradient: 9.8 -> 0.95 ms forward and 16.5 -> 2.4 ms with gradients for a (128, 4, 1024) input
+with Mish, 96 -> 8.5 ms and 150 -> 21 ms for the ResNet stem's (64, 42 x 42, 64) with ReLU
+(``python benchmarks/bench_cpu_group_norm.py --ops``, 2-core Xeon).
 
 It is used where MLX's default device is the CPU, the extension is usable
 (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.kernel_status`), the norm is
