@@ -12,6 +12,12 @@ mlx::core::array few_row_matmul(
     const mlx::core::array& x, const mlx::core::array& w, int threads,
     mlx::core::StreamOrDevice s);
 
+// A stride-1 'same' convolution (odd K) for B * T <= 16: x (B, T, C_in) float32, w (C_out, K,
+// C_in) float32 or float16, bias (C_out,) float32 -> (B, T, C_out) float32.
+mlx::core::array few_row_conv1d(
+    const mlx::core::array& x, const mlx::core::array& w, const mlx::core::array& bias,
+    int threads, mlx::core::StreamOrDevice s);
+
 // activation(group_norm(x) * weight + bias) for x (B, S, C) float32, weight and bias (C,):
 // `groups` groups of C / groups channels, each normalised over S. activation is "none",
 // "mish" or "relu". Differentiable in all three inputs.

@@ -22,6 +22,10 @@ NB_MODULE(_cpu_kernels, m) {
   m.def("few_row_matmul", &dp_mlx::few_row_matmul, "x"_a, "w"_a, nb::kw_only(), "threads"_a = 1,
         "stream"_a = nb::none(),
         "x @ w.T for x (M <= 16, K) float32 and w (N, K) float32 or float16 -> (M, N) float32.");
+  m.def("few_row_conv1d", &dp_mlx::few_row_conv1d, "x"_a, "w"_a, "bias"_a, nb::kw_only(),
+        "threads"_a = 1, "stream"_a = nb::none(),
+        "conv1d(x, w, padding=K // 2) + bias for x (B, T, C_in) with B * T <= 16 float32, w "
+        "(C_out, K, C_in) float32 or float16 (K odd) -> (B, T, C_out) float32.");
   m.def("group_norm", &dp_mlx::group_norm, "x"_a, "weight"_a, "bias"_a, nb::kw_only(),
         "groups"_a, "eps"_a = 1e-5f, "activation"_a = "none", "stream"_a = nb::none(),
         "activation(group_norm(x) * weight + bias) for x (B, S, C) float32, weight and bias "

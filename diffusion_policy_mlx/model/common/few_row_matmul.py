@@ -115,6 +115,16 @@ def matmul_wt(x: mx.array, w: mx.array, module: nn.Module) -> mx.array:
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
+def conv1d_same(x: mx.array, w: mx.array, bias: mx.array) -> mx.array:
+    """``mx.conv1d(x, w, padding=K // 2) + bias`` through the kernel, for a layer where
+    :func:`uses_kernel` holds: x (B, T, C_in) float32 with B * T <= :data:`MAX_ROWS`, w
+    (C_out, K, C_in) float32 or float16 (K odd), bias (C_out,) -> (B, T, C_out) float32.
+
+    The kernel builds the input's columns itself and adds the bias, so a batch-1 convolution
+    is one operation instead of MLX's pad, K slices, concatenation, product and add."""
+    return kernels().few_row_conv1d(x, w, bias, threads=cpu_streams.cores_per_stream())
+
+
 # float16 weights for the kernel: half the bytes to read at batch 1, products still accumulated
 # in float32. Opt-in: the actions then differ from float32 weights' by float16 rounding.
 WEIGHTS_VAR = "DP_MLX_CPU_WEIGHTS"

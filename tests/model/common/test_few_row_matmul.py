@@ -230,3 +230,92 @@ def test_a_bad_weight_dtype_names_the_variable(monkeypatch):
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "bfloat16")
     with pytest.raises(ValueError, match="DP_MLX_CPU_WEIGHTS='bfloat16': give one of"):
         few_row_matmul.weight_dtype()
+
+
+def _numpy_same_conv(x, w, bias):
+    """conv1d with 'same' zero padding in float64: x (B, T, C), w (N, K, C) -> (B, T, N)."""
+    batch, length, _ = x.shape
+    kernel = w.shape[1]
+    padded = np.pad(x, [(0, 0), (kernel // 2, kernel // 2), (0, 0)])
+    y = np.zeros((batch, length, w.shape[0]))
+    for k in range(kernel):
+        y += padded[:, k : k + length] @ w[:, k].T
+    return y + bias
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
+@pytest.mark.parametrize(
+    "batch, length, c_in, c_out, kernel",
+    # the U-Net's batch-1 levels, a batch of 2, a 1x1 convolution, the 2-channel input layer and
+    # horizons shorter than the kernel (taps that read only padding)
+    [
+        (1, 4, 1024, 256, 5),
+        (1, 16, 256, 68, 5),
+        (2, 8, 64, 36, 5),
+        (3, 4, 40, 24, 1),
+        (1, 16, 2, 256, 5),
+        (1, 2, 16, 8, 5),
+        (1, 1, 16, 8, 3),
+    ],
+)
+def test_conv1d_kernel_is_the_same_padded_convolution(
+    batch, length, c_in, c_out, kernel, dtype, threads
+):
+    kernels = _kernels()
+    x, w, bias = _randn(batch, length, c_in), _randn(c_out, kernel, c_in), _randn(c_out)
+    w_mx = mx.array(w).astype(dtype)
+    got = kernels.few_row_conv1d(mx.array(x), w_mx, mx.array(bias), threads=threads)
+    want = _numpy_same_conv(
+        x.astype(np.float64), np.array(w_mx.astype(mx.float32)).astype(np.float64), bias
+    )
+    assert got.dtype == mx.float32 and got.shape == (batch, length, c_out)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=2e-5 * np.sqrt(kernel * c_in))
+
+
+def test_conv1d_kernel_gradients_are_those_of_mlx_conv1d():
+    kernels = _kernels()
+    x, w, bias = (mx.array(a) for a in (_randn(2, 4, 16), _randn(8, 5, 16), _randn(8)))
+    dy = mx.array(_randn(2, 4, 8))
+    got = mx.vjp(lambda *a: kernels.few_row_conv1d(*a), [x, w, bias], [dy])[1]
+    want = mx.vjp(lambda x, w, b: mx.conv1d(x, w, padding=2) + b, [x, w, bias], [dy])[1]
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, b_shape, message",
+    [
+        ((1, 17, 8), (4, 5, 8), (4,), "at most 16 rows (B * T)"),
+        ((1, 4, 8), (4, 4, 8), (4,), "kernel size must be odd"),
+        ((1, 4, 8), (4, 5, 9), (4,), "expects x (B, T, C_in) and w (C_out, K, C_in)"),
+        ((1, 4, 8), (4, 5, 8), (3,), "bias must be (C_out,)"),
+    ],
+)
+def test_conv1d_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, b_shape, message):
+    kernels = _kernels()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kernels.few_row_conv1d(mx.zeros(x_shape), mx.zeros(w_shape), mx.zeros(b_shape))
+
+
+def test_few_row_convolutions_take_the_conv_kernel_in_eval_mode_only(monkeypatch):
+    from diffusion_policy_mlx.model.diffusion.conv1d_components import conv1d
+
+    kernels = _kernels()
+    calls = []
+
+    def spy(x, w, bias, threads):
+        calls.append(x.shape)
+        return kernels.few_row_conv1d(x, w, bias, threads=threads)
+
+    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_conv1d=spy))
+    conv = nn.Conv1d(16, 8, 5, padding=2)
+    x = mx.array(_randn(1, 4, 16))
+    with mx.stream(mx.cpu):
+        want = conv(x)
+        conv.eval()
+        got = conv1d(conv, x)
+        conv.train()  # training keeps MLX's products
+        conv1d(conv, x)
+    assert calls == [(1, 4, 16)]
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
