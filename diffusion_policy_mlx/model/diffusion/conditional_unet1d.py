@@ -247,7 +247,11 @@ class ConditionalUnet1D(nn.Module):
             global_feature = self.encode_timestep(timestep, sample.shape[0])
             if global_cond is not None:
                 global_feature = mx.concatenate([global_feature, global_cond], axis=-1)
-            films = {}
+            # Every block's FiLM encoder is Mish then its Linear on this same feature: one Mish
+            # for all (outside mx.compile nothing merges the repeats; each is a few operations).
+            blocks = self.film_blocks()
+            activated = blocks[0].cond_encoder[0](global_feature)
+            films = {id(block): block.cond_encoder[1](activated) for block in blocks}
         else:
             self._check_inputs(sample, local_cond, film_cond)
             global_feature = None
