@@ -29,6 +29,7 @@
 #include "cpu_kernels.h"
 #include "few_row_kernels.h"
 #include "isa.h"
+#include "kernel_stream.h"
 
 namespace mx = mlx::core;
 
@@ -285,9 +286,7 @@ mx::array few_row_matmul(const mx::array& x, const mx::array& w, int threads, mx
   if (x.dtype() != mx::float32) fail("x must be float32");
   if (w.dtype() != mx::float32 && w.dtype() != mx::float16) fail("w must be float32 or float16");
   if (threads < 1) fail("threads must be >= 1");
-  if (kIsa == Isa::none) fail("this CPU has neither AVX-512 nor AVX2 with FMA and F16C");
-  auto stream = mx::to_stream(s, mx::Device::cpu);
-  if (stream.device != mx::Device::cpu) fail("runs on the CPU only");
+  const auto stream = kernel_stream(s, fail);
   return mx::array(
       {x.shape(0), w.shape(0)}, mx::float32,
       std::make_shared<FewRowMatmul>(stream, threads),
@@ -311,9 +310,7 @@ mx::array few_row_conv1d(
   if (x.dtype() != mx::float32 || bias.dtype() != mx::float32) fail("x and bias must be float32");
   if (w.dtype() != mx::float32 && w.dtype() != mx::float16) fail("w must be float32 or float16");
   if (threads < 1) fail("threads must be >= 1");
-  if (kIsa == Isa::none) fail("this CPU has neither AVX-512 nor AVX2 with FMA and F16C");
-  auto stream = mx::to_stream(s, mx::Device::cpu);
-  if (stream.device != mx::Device::cpu) fail("runs on the CPU only");
+  const auto stream = kernel_stream(s, fail);
   return mx::array(
       {x.shape(0), x.shape(1), w.shape(0)}, mx::float32,
       std::make_shared<FewRowConv1d>(stream, threads),

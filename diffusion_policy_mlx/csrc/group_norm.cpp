@@ -16,6 +16,7 @@
 #include "cpu_kernels.h"
 #include "group_norm_kernels.h"
 #include "isa.h"
+#include "kernel_stream.h"
 
 namespace mx = mlx::core;
 
@@ -153,9 +154,7 @@ mx::array group_norm(
     act = kActRelu;
   else
     fail("activation must be 'none', 'mish' or 'relu', got '" + activation + "'");
-  if (kIsa == Isa::none) fail("this CPU has neither AVX-512 nor AVX2 with FMA and F16C");
-  auto stream = mx::to_stream(s, mx::Device::cpu);
-  if (stream.device != mx::Device::cpu) fail("runs on the CPU only");
+  const auto stream = kernel_stream(s, fail);
   return mx::array(
       x.shape(), mx::float32, std::make_shared<GroupNorm>(stream, Params{groups, eps, act}),
       {mx::contiguous(x, false, stream), mx::contiguous(weight, false, stream),
