@@ -14,7 +14,8 @@ It is used where MLX's default device is the CPU, the extension is usable
 (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.kernel_status`), the norm is
 ``pytorch_compatible`` with an affine and everything is float32, in training and in eval alike;
 otherwise MLX's ``GroupNorm`` runs. Their results agree to float32 rounding (about 1e-6
-relative); :data:`ENABLED` set to False chooses MLX's.
+relative); :data:`ENABLED` set to False chooses MLX's, and ``DP_MLX_CPU_KERNELS=off`` turns
+off the whole extension (this kernel and the few-row one).
 """
 
 from __future__ import annotations
