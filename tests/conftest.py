@@ -40,3 +40,20 @@ def upstream_config_dir() -> Path:
 def pusht_zarr() -> Path:
     """Upstream's recorded PushT demonstrations."""
     return _require(PUSHT_ZARR)
+
+
+@pytest.fixture
+def cpu_kernels():
+    """The package's CPU extension (``diffusion_policy_mlx._cpu_kernels``): skips the test
+    where it is not in use, and fails it instead under ``DP_MLX_REQUIRE_CPU_KERNELS`` (CI)."""
+    from diffusion_policy_mlx.model.common import few_row_matmul
+
+    module = few_row_matmul.extension()
+    if module is None:
+        status = few_row_matmul.kernel_status()
+        if os.environ.get("DP_MLX_REQUIRE_CPU_KERNELS"):
+            pytest.fail(
+                f"DP_MLX_REQUIRE_CPU_KERNELS is set but the CPU kernels are not in use: {status}"
+            )
+        pytest.skip(f"CPU kernels not in use: {status}")
+    return module

@@ -296,11 +296,9 @@ def test_grouped_adamw_applies_each_groups_weight_decay():
         )
 
 
-def test_float16_weights_sample_near_float32_and_follow_weight_updates(monkeypatch):
+def test_float16_weights_sample_near_float32_and_follow_weight_updates(monkeypatch, cpu_kernels):
     """DP_MLX_CPU_WEIGHTS=float16: the compiled loop multiplies float16 copies of the U-Net's
     convolution weights (results near, not equal to, float32's), refreshed after an update."""
-    if few_row_matmul.kernels() is None:
-        pytest.skip(f"CPU kernel not in use: {few_row_matmul.kernel_status()}")
     mx.random.seed(0)
     model = ConditionalUnet1D(D, global_cond_dim=5, down_dims=[16, 32], kernel_size=3, n_groups=4)
     model.eval()

@@ -1,7 +1,6 @@
 """The few-row CPU kernel against numpy's products, its gradients against MLX's, and the rules
 that decide when it is used."""
 
-import os
 import platform
 import re
 import sys
@@ -18,26 +17,14 @@ from diffusion_policy_mlx.model.common import few_row_matmul
 RNG = np.random.default_rng(0)
 
 
-def _kernels():
-    module = few_row_matmul.kernels()
-    if module is None:
-        if os.environ.get("DP_MLX_REQUIRE_CPU_KERNELS"):
-            pytest.fail(
-                "DP_MLX_REQUIRE_CPU_KERNELS is set but the CPU kernel is not in use: "
-                + few_row_matmul.kernel_status()
-            )
-        pytest.skip(f"CPU kernel not in use: {few_row_matmul.kernel_status()}")
-    return module
-
-
 def _randn(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def test_the_extension_is_built_on_linux_x86_64():
+def test_the_extension_is_built_on_linux_x86_64(request):
     if not (sys.platform == "linux" and platform.machine() == "x86_64"):
         pytest.skip("the CPU kernel is built on Linux x86_64 only")
-    _kernels()
+    request.getfixturevalue("cpu_kernels")  # fails under DP_MLX_REQUIRE_CPU_KERNELS if unbuilt
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -56,33 +43,32 @@ def test_the_extension_is_built_on_linux_x86_64():
         (16, 80, 33),
     ],
 )
-def test_kernel_is_x_times_w_transposed(rows, k, n, dtype, threads):
-    kernels = _kernels()
+def test_kernel_is_x_times_w_transposed(rows, k, n, dtype, threads, cpu_kernels):
     x, w = _randn(rows, k), _randn(n, k)
     w_mx = mx.array(w).astype(dtype)
-    got = kernels.few_row_matmul(mx.array(x), w_mx, threads=threads)
+    got = cpu_kernels.few_row_matmul(mx.array(x), w_mx, threads=threads)
     # the weights as the kernel reads them: float16 rounding happens before the product
     want = x.astype(np.float64) @ np.array(w_mx.astype(mx.float32)).astype(np.float64).T
     assert got.dtype == mx.float32 and got.shape == (rows, n)
     np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=2e-5 * np.sqrt(k))
 
 
-def test_kernel_reads_strided_inputs_and_runs_compiled():
-    kernels = _kernels()
+def test_kernel_reads_strided_inputs_and_runs_compiled(cpu_kernels):
     x = mx.array(_randn(6, 40))[::2]  # (3, 40), not row-contiguous
     w = mx.array(_randn(40, 9)).T  # (9, 40), a transposed view
     want = np.array(x) @ np.array(w).T
-    np.testing.assert_allclose(np.array(kernels.few_row_matmul(x, w)), want, rtol=1e-5, atol=1e-5)
-    compiled = mx.compile(lambda x, w: kernels.few_row_matmul(x, w, threads=2) * 2.0)
+    np.testing.assert_allclose(
+        np.array(cpu_kernels.few_row_matmul(x, w)), want, rtol=1e-5, atol=1e-5
+    )
+    compiled = mx.compile(lambda x, w: cpu_kernels.few_row_matmul(x, w, threads=2) * 2.0)
     np.testing.assert_allclose(np.array(compiled(x, w)), 2 * want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
-def test_kernel_gradients_are_those_of_the_product(dtype):
-    kernels = _kernels()
+def test_kernel_gradients_are_those_of_the_product(dtype, cpu_kernels):
     x, w = mx.array(_randn(4, 24)), mx.array(_randn(12, 24)).astype(dtype)
     cotangent = mx.array(_randn(4, 12))
-    (_, got) = mx.vjp(lambda x, w: [kernels.few_row_matmul(x, w)], [x, w], [cotangent])
+    (_, got) = mx.vjp(lambda x, w: [cpu_kernels.few_row_matmul(x, w)], [x, w], [cotangent])
     assert got[1].dtype == dtype
     dy, xs, ws = (np.array(a.astype(mx.float32)) for a in (cotangent, x, w))
     np.testing.assert_allclose(np.array(got[0]), dy @ ws, rtol=1e-5, atol=1e-5)
@@ -100,20 +86,18 @@ def test_kernel_gradients_are_those_of_the_product(dtype):
         ((2, 8), (4, 8), mx.bfloat16, "w must be float32 or float16"),
     ],
 )
-def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, dtype, message):
-    kernels = _kernels()
+def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, dtype, message, cpu_kernels):
     x, w = mx.zeros(x_shape), mx.zeros(w_shape, dtype)
     with pytest.raises(ValueError, match=re.escape(message)):
-        kernels.few_row_matmul(x, w)
+        cpu_kernels.few_row_matmul(x, w)
 
 
-def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch):
-    kernels = _kernels()
+def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch, cpu_kernels):
     calls = []
 
     def spy(x, w, threads):
         calls.append((x.shape, threads))
-        return kernels.few_row_matmul(x, w, threads=threads)
+        return cpu_kernels.few_row_matmul(x, w, threads=threads)
 
     monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
     layer = nn.Linear(8, 6)
@@ -135,14 +119,13 @@ def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch):
     assert len(calls) == 1
 
 
-def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch):
+def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch, cpu_kernels):
     """Inside a batch split, each chunk's products get cores // chunks threads."""
-    kernels = _kernels()
     seen = []
 
     def spy(x, w, threads):
         seen.append(threads)
-        return kernels.few_row_matmul(x, w, threads=threads)
+        return cpu_kernels.few_row_matmul(x, w, threads=threads)
 
     monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
     monkeypatch.setattr(cpu_streams, "available_cores", lambda: 4)
@@ -183,8 +166,7 @@ class _Convs(nn.Module):
         self.head = nn.Linear(4, 2)
 
 
-def test_inference_weights_are_float16_copies_that_follow_their_modules(monkeypatch):
-    _kernels()
+def test_inference_weights_are_float16_copies_that_follow_their_modules(monkeypatch, cpu_kernels):
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
     model, weights = _Convs(), few_row_matmul.InferenceWeights()
     weights.refresh(model)
@@ -208,8 +190,7 @@ def test_inference_weights_are_float16_copies_that_follow_their_modules(monkeypa
     assert weights.arrays == {}
 
 
-def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch):
-    _kernels()
+def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch, cpu_kernels):
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
     model, weights = _Convs(), few_row_matmul.InferenceWeights()
     model.eval()
@@ -260,12 +241,11 @@ def _numpy_same_conv(x, w, bias):
     ],
 )
 def test_conv1d_kernel_is_the_same_padded_convolution(
-    batch, length, c_in, c_out, kernel, dtype, threads
+    batch, length, c_in, c_out, kernel, dtype, threads, cpu_kernels
 ):
-    kernels = _kernels()
     x, w, bias = _randn(batch, length, c_in), _randn(c_out, kernel, c_in), _randn(c_out)
     w_mx = mx.array(w).astype(dtype)
-    got = kernels.few_row_conv1d(mx.array(x), w_mx, mx.array(bias), threads=threads)
+    got = cpu_kernels.few_row_conv1d(mx.array(x), w_mx, mx.array(bias), threads=threads)
     want = _numpy_same_conv(
         x.astype(np.float64), np.array(w_mx.astype(mx.float32)).astype(np.float64), bias
     )
@@ -273,11 +253,10 @@ def test_conv1d_kernel_is_the_same_padded_convolution(
     np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=2e-5 * np.sqrt(kernel * c_in))
 
 
-def test_conv1d_kernel_gradients_are_those_of_mlx_conv1d():
-    kernels = _kernels()
+def test_conv1d_kernel_gradients_are_those_of_mlx_conv1d(cpu_kernels):
     x, w, bias = (mx.array(a) for a in (_randn(2, 4, 16), _randn(8, 5, 16), _randn(8)))
     dy = mx.array(_randn(2, 4, 8))
-    got = mx.vjp(lambda *a: kernels.few_row_conv1d(*a), [x, w, bias], [dy])[1]
+    got = mx.vjp(lambda *a: cpu_kernels.few_row_conv1d(*a), [x, w, bias], [dy])[1]
     want = mx.vjp(lambda x, w, b: mx.conv1d(x, w, padding=2) + b, [x, w, bias], [dy])[1]
     for g, e in zip(got, want, strict=True):
         np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-5, atol=1e-5)
@@ -292,21 +271,21 @@ def test_conv1d_kernel_gradients_are_those_of_mlx_conv1d():
         ((1, 4, 8), (4, 5, 8), (3,), "bias must be (C_out,)"),
     ],
 )
-def test_conv1d_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, b_shape, message):
-    kernels = _kernels()
+def test_conv1d_kernel_refuses_what_it_cannot_compute(
+    x_shape, w_shape, b_shape, message, cpu_kernels
+):
     with pytest.raises(ValueError, match=re.escape(message)):
-        kernels.few_row_conv1d(mx.zeros(x_shape), mx.zeros(w_shape), mx.zeros(b_shape))
+        cpu_kernels.few_row_conv1d(mx.zeros(x_shape), mx.zeros(w_shape), mx.zeros(b_shape))
 
 
-def test_few_row_convolutions_take_the_conv_kernel_in_eval_mode_only(monkeypatch):
+def test_few_row_convolutions_take_the_conv_kernel_in_eval_mode_only(monkeypatch, cpu_kernels):
     from diffusion_policy_mlx.model.diffusion.conv1d_components import conv1d
 
-    kernels = _kernels()
     calls = []
 
     def spy(x, w, bias, threads):
         calls.append(x.shape)
-        return kernels.few_row_conv1d(x, w, bias, threads=threads)
+        return cpu_kernels.few_row_conv1d(x, w, bias, threads=threads)
 
     monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_conv1d=spy))
     conv = nn.Conv1d(16, 8, 5, padding=2)

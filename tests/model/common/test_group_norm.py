@@ -1,15 +1,13 @@
 """The CPU GroupNorm kernel against float64 numpy (forward) and MLX's own GroupNorm under
 autodiff (gradients), and the rules that decide when it is used."""
 
-import os
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.model.common import few_row_matmul, group_norm
+from diffusion_policy_mlx.model.common import group_norm
 from diffusion_policy_mlx.model.common.activation import mish
 from diffusion_policy_mlx.model.common.group_norm import GroupNorm
 from diffusion_policy_mlx.model.vision.resnet import replace_bn_with_gn, resnet18
@@ -26,15 +24,6 @@ SHAPES = [
     (2, 5, 20, 4),
     (3, 7, 48, 3),
 ]
-
-
-def _ext():
-    module = few_row_matmul.extension()
-    if module is None:
-        if os.environ.get("DP_MLX_REQUIRE_CPU_KERNELS"):
-            pytest.fail("DP_MLX_REQUIRE_CPU_KERNELS is set: " + few_row_matmul.kernel_status())
-        pytest.skip(f"CPU kernel not in use: {few_row_matmul.kernel_status()}")
-    return module
 
 
 def _inputs(batch, steps, channels, offset=0.0):
@@ -74,27 +63,25 @@ def _f32(*arrays):
 
 @pytest.mark.parametrize("activation", ["none", "mish", "relu"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_forward_matches_float64(shape, activation):
-    ext = _ext()
+def test_forward_matches_float64(shape, activation, cpu_kernels):
     batch, steps, channels, groups = shape
     # an offset far from zero: the variance must not come from E[x^2] - E[x]^2
     x, w, b = _inputs(batch, steps, channels, offset=40.0)
-    y = ext.group_norm(*_f32(x, w, b), groups=groups, activation=activation)
+    y = cpu_kernels.group_norm(*_f32(x, w, b), groups=groups, activation=activation)
     expected = _numpy_reference(x.astype(np.float32).astype(np.float64), w, b, groups, activation)
     np.testing.assert_allclose(np.array(y), expected, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("activation", ["none", "mish", "relu"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradients_match_mlx_autodiff(shape, activation):
-    ext = _ext()
+def test_gradients_match_mlx_autodiff(shape, activation, cpu_kernels):
     batch, steps, channels, groups = shape
     x, w, b = _inputs(batch, steps, channels, offset=1.0)
     dy = RNG.standard_normal(x.shape)
     args = _f32(x, w, b)
 
     def ours(x, w, b):
-        return ext.group_norm(x, w, b, groups=groups, activation=activation)
+        return cpu_kernels.group_norm(x, w, b, groups=groups, activation=activation)
 
     _, got = mx.vjp(ours, args, _f32(dy))
     _, want = mx.vjp(_mlx_reference(groups, activation), args, _f32(dy))
@@ -104,33 +91,32 @@ def test_gradients_match_mlx_autodiff(shape, activation):
         assert err <= 2e-5 * scale + 1e-6, f"{name}: max error {err:.2e} of {scale:.2e}"
 
 
-def test_input_gradient_of_a_plain_norm_sums_to_zero_per_group():
+def test_input_gradient_of_a_plain_norm_sums_to_zero_per_group(cpu_kernels):
     # d/dx of a normalisation is orthogonal to shifting a whole group: its sum is zero
-    ext = _ext()
     x, w, b = _f32(*_inputs(2, 6, 32, offset=5.0))
     dy = mx.array(RNG.standard_normal((2, 6, 32)).astype(np.float32))
-    (dx,) = mx.vjp(lambda x: ext.group_norm(x, w, b, groups=4), [x], [dy])[1]
+    (dx,) = mx.vjp(lambda x: cpu_kernels.group_norm(x, w, b, groups=4), [x], [dy])[1]
     sums = np.array(dx).reshape(2, 6, 4, 8).sum(axis=(1, 3))
     np.testing.assert_allclose(sums, 0.0, atol=1e-4)
 
 
-def test_mish_far_out_in_both_tails():
-    ext = _ext()
+def test_mish_far_out_in_both_tails(cpu_kernels):
     h = np.linspace(-120.0, 120.0, 64).reshape(1, 1, 64)
     # weight 1, bias h: x constant per group makes xhat 0, so the activation sees h exactly
     x, w, b = _f32(np.zeros_like(h), np.ones(64), h.reshape(64))
-    y = np.array(ext.group_norm(x, w, b, groups=8, activation="mish"))
+    y = np.array(cpu_kernels.group_norm(x, w, b, groups=8, activation="mish"))
     np.testing.assert_allclose(y, np.array(mish(mx.array(h.astype(np.float32)))), atol=1e-6)
     assert np.isfinite(y).all()
 
 
-def test_kernel_under_compile_and_on_another_stream():
-    ext = _ext()
+def test_kernel_under_compile_and_on_another_stream(cpu_kernels):
     x, w, b = _f32(*_inputs(4, 8, 64))
     dy = mx.ones((4, 8, 64))
 
     def loss_grads(x, w, b):
-        return mx.vjp(lambda *a: ext.group_norm(*a, groups=8, activation="mish"), [x, w, b], [dy])
+        return mx.vjp(
+            lambda *a: cpu_kernels.group_norm(*a, groups=8, activation="mish"), [x, w, b], [dy]
+        )
 
     eager = loss_grads(x, w, b)
     compiled = mx.compile(loss_grads)(x, w, b)
@@ -142,23 +128,21 @@ def test_kernel_under_compile_and_on_another_stream():
         np.testing.assert_array_equal(np.array(a), np.array(o))
 
 
-def test_errors_name_the_input():
-    ext = _ext()
+def test_errors_name_the_input(cpu_kernels):
     x, w, b = _f32(*_inputs(2, 3, 12))
     with pytest.raises(ValueError, match="multiple of groups"):
-        ext.group_norm(x, w, b, groups=5)
+        cpu_kernels.group_norm(x, w, b, groups=5)
     with pytest.raises(ValueError, match="activation"):
-        ext.group_norm(x, w, b, groups=4, activation="gelu")
+        cpu_kernels.group_norm(x, w, b, groups=4, activation="gelu")
     with pytest.raises(ValueError, match="float32"):
-        ext.group_norm(x.astype(mx.float16), w, b, groups=4)
+        cpu_kernels.group_norm(x.astype(mx.float16), w, b, groups=4)
     with pytest.raises(ValueError, match=r"\(B, S, C\)"):
-        ext.group_norm(x[0], w, b, groups=4)
+        cpu_kernels.group_norm(x[0], w, b, groups=4)
     with pytest.raises(ValueError, match="activation must be one of"):
         group_norm.group_norm(x, GroupNorm(4, 12, pytorch_compatible=True), activation="tanh")
 
 
-def test_module_routes_to_the_kernel_and_agrees_with_mlx(monkeypatch):
-    _ext()
+def test_module_routes_to_the_kernel_and_agrees_with_mlx(monkeypatch, cpu_kernels):
     norm = GroupNorm(4, 32, pytorch_compatible=True)
     norm.weight = mx.array(RNG.standard_normal(32).astype(np.float32))
     norm.bias = mx.array(RNG.standard_normal(32).astype(np.float32))
