@@ -99,13 +99,27 @@ inline void chunks(int64_t C, F&& f) {
   for (int64_t c = 0; c < C; c += W) f(c, std::min(W, C - c));
 }
 
+// C channels rounded up to whole chunks: per-channel vectors are read a whole chunk at a time.
+inline int64_t padded_channels(int64_t C) { return (C + W - 1) / W * W; }
+
 // Scratch of per-channel vectors, padded to whole chunks.
 struct Scratch {
-  explicit Scratch(int64_t C, int count) : padded((C + W - 1) / W * W), data(padded * count) {}
+  explicit Scratch(int64_t C, int count) : padded(padded_channels(C)), data(padded * count) {}
   float* operator[](int i) { return data.data() + i * padded; }
   int64_t padded;
   std::vector<float> data;
 };
+
+// out[c] = value(the sum of acc over c's group), for every channel c.
+template <class F>
+inline void per_group(const float* acc, int64_t C, int64_t G, float* out, F&& value) {
+  const int64_t cg = C / G;
+  for (int64_t g = 0; g < G; ++g) {
+    double sum = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) sum += acc[c];
+    std::fill(out + g * cg, out + (g + 1) * cg, static_cast<float>(value(sum)));
+  }
+}
 
 // The per-channel copies of sample xb's group mean and 1 / std: two passes (the mean, then the
 // centred squares), as torch's GroupNorm, so the variance does not lose precision to
@@ -113,30 +127,20 @@ struct Scratch {
 inline void sample_stats(
     const float* xb, int64_t S, int64_t C, int64_t G, float eps, float* acc, float* mean_c,
     float* rstd_c) {
-  const int64_t cg = C / G;
-  const double count = static_cast<double>(S) * cg;
-  std::fill(acc, acc + (C + W - 1) / W * W, 0.0f);
+  const double count = static_cast<double>(S) * (C / G);
+  std::fill(acc, acc + padded_channels(C), 0.0f);
   for (int64_t s = 0; s < S; ++s)
     chunks(C, [&](int64_t c, int64_t n) {
       store(acc + c, load(acc + c, W) + load(xb + s * C + c, n), W);
     });
-  for (int64_t g = 0; g < G; ++g) {
-    double sum = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) sum += acc[c];
-    std::fill(mean_c + g * cg, mean_c + (g + 1) * cg, static_cast<float>(sum / count));
-  }
-  std::fill(acc, acc + (C + W - 1) / W * W, 0.0f);
+  per_group(acc, C, G, mean_c, [&](double sum) { return sum / count; });
+  std::fill(acc, acc + padded_channels(C), 0.0f);
   for (int64_t s = 0; s < S; ++s)
     chunks(C, [&](int64_t c, int64_t n) {
       const vf d = load(xb + s * C + c, n) - load(mean_c + c, W);
       store(acc + c, load(acc + c, W) + d * d, W);
     });
-  for (int64_t g = 0; g < G; ++g) {
-    double sum = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) sum += acc[c];
-    const float rstd = static_cast<float>(1.0 / std::sqrt(sum / count + eps));
-    std::fill(rstd_c + g * cg, rstd_c + (g + 1) * cg, rstd);
-  }
+  per_group(acc, C, G, rstd_c, [&](double sum) { return 1.0 / std::sqrt(sum / count + eps); });
 }
 
 template <int Act>

@@ -115,7 +115,7 @@ def matmul_wt(x: mx.array, w: mx.array, module: nn.Module) -> mx.array:
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
-def conv1d_same(x: mx.array, w: mx.array, bias: mx.array) -> mx.array:
+def few_row_conv1d(x: mx.array, w: mx.array, bias: mx.array) -> mx.array:
     """``mx.conv1d(x, w, padding=K // 2) + bias`` through the kernel, for a layer where
     :func:`uses_kernel` holds: x (B, T, C_in) float32 with B * T <= :data:`MAX_ROWS`, w
     (C_out, K, C_in) float32 or float16 (K odd), bias (C_out,) -> (B, T, C_out) float32.

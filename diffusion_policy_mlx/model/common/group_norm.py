@@ -28,7 +28,7 @@ import mlx.nn as nn
 from diffusion_policy_mlx.model.common import few_row_matmul
 from diffusion_policy_mlx.model.common.activation import mish
 
-# False routes every norm to MLX's: the other side of benchmarks/bench_group_norm.py --cpu.
+# False routes every norm to MLX's: the other side of benchmarks/bench_cpu_group_norm.py.
 ENABLED = True
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {

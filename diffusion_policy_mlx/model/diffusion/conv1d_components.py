@@ -100,16 +100,17 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
 
     For a handful of rows (batch 1: T = 4 to 16 steps at the U-Net's levels) a convolution is a
     pass over its weights. The package's CPU kernel
-    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.conv1d_same`) reads them once at
-    the machine's memory rate, building the columns and adding the bias itself. Without it, the product is ``weight @ columns^T``: MLX hands
-    ``columns @ weight^T`` to BLAS with the weight as the wide operand, which OpenBLAS packs in
-    full before multiplying, 3.1 ms for a 1024-channel kernel-5 layer (21 MB) on a 2-core EPYC;
-    with the weight as the tall left operand it is packed block by block while in cache: 2.0 ms.
+    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.few_row_conv1d`) reads them once
+    at the machine's memory rate, building the columns and adding the bias itself. Without it,
+    the product is ``weight @ columns^T``: MLX hands ``columns @ weight^T`` to BLAS with the
+    weight as the wide operand, which OpenBLAS packs in full before multiplying, 3.1 ms for a
+    1024-channel kernel-5 layer (21 MB) on a 2-core EPYC; with the weight as the tall left
+    operand it is packed block by block while in cache: 2.0 ms.
     """
     batch, length, _ = x.shape
     weight = few_row_matmul.weight_for(conv, batch * length)  # (C_out, K, C_in)
     if few_row_matmul.uses_kernel(batch * length, conv):
-        return few_row_matmul.conv1d_same(x, weight, conv.bias)
+        return few_row_matmul.few_row_conv1d(x, weight, conv.bias)
     c_out, kernel, _ = weight.shape
     cols = conv1d_columns(x, kernel, stride=1, padding=kernel // 2)
     y = (weight.reshape(c_out, -1) @ cols.reshape(batch * length, -1).T).T
