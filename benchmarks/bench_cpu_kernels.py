@@ -1,15 +1,18 @@
-"""The package's few-row CPU kernel (``model/common/few_row_matmul.py``) against MLX's BLAS path
-for the same products, in whole ``predict_action`` calls of a default policy, same process,
-same weights and noise:
+"""The package's CPU kernels (``model/common/few_row_matmul.py``, ``amx_conv1d.py``) against
+MLX's BLAS path for the same products, in whole ``predict_action`` calls of a default policy,
+same process, same weights and noise:
 
     python benchmarks/bench_cpu_kernels.py                       # lowdim U-Net
     python benchmarks/bench_cpu_kernels.py --config train_diffusion_unet_hybrid_workspace
     python benchmarks/bench_cpu_kernels.py --paths float32 float16  # DP_MLX_CPU_WEIGHTS
+    python benchmarks/bench_cpu_kernels.py --paths float32 bfloat16 --cases ddim16_b56
 
-The paths: ``blas`` (the kernel off), ``float32`` (the kernel on float32 weights) and
-``float16`` (on float16 copies, ``DP_MLX_CPU_WEIGHTS=float16``). Prints one JSON line per (scheduler steps, batch): median wall time of each path (the two
-alternate call by call), their ratio and the largest difference between their actions. Batch
-56 has too many rows for the kernel, so it runs only with ``--b56``, as a control.
+The paths: ``blas`` (the kernels off), ``float32`` (the few-row kernel on float32 weights),
+``float16`` (on float16 copies, ``DP_MLX_CPU_WEIGHTS=float16``) and ``bfloat16`` (batched
+convolutions on AMX, ``DP_MLX_CPU_WEIGHTS=bfloat16``). Prints one JSON line per (scheduler
+steps, batch): median wall time of each path (the two alternate call by call), their ratio and
+the largest difference between their actions. By default the batch-1 cases run: batch 56 has
+too many rows for the few-row kernel, and is the case of the bfloat16 path.
 """
 
 # Before mlx.core: the package loads the fast CPU BLAS on import.
@@ -28,17 +31,17 @@ from predict_ab import CASES, compare_paths  # noqa: E402
 
 def use_path(path: str) -> None:
     few_row_matmul.ENABLED = path != "blas"
-    os.environ[few_row_matmul.WEIGHTS_VAR] = "float16" if path == "float16" else "float32"
+    os.environ[few_row_matmul.WEIGHTS_VAR] = "float32" if path == "blas" else path
 
 
-PATHS = ("blas", "float32", "float16")
+PATHS = ("blas", "float32", "float16", "bfloat16")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--b56", action="store_true", help="also the batch-56 DDIM 16 call")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES[:2]))
     parser.add_argument("--paths", nargs=2, choices=PATHS, default=["blas", "float32"])
     args = parser.parse_args()
     if few_row_matmul.kernels() is None:
@@ -49,7 +52,7 @@ def main() -> None:
         "cpu",
         args.repeats,
         {path: lambda path=path: use_path(path) for path in args.paths},
-        CASES if args.b56 else CASES[:2],
+        tuple(args.cases),
     )
 
 

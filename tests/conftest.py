@@ -57,3 +57,12 @@ def cpu_kernels():
             )
         pytest.skip(f"CPU kernels not in use: {status}")
     return module
+
+
+@pytest.fixture
+def amx(cpu_kernels):
+    """The CPU extension where this CPU and OS run its bfloat16 AMX kernel; skips the test
+    elsewhere (AMX is a property of the machine, not of the build)."""
+    if not cpu_kernels.amx:
+        pytest.skip("this CPU or OS has no AMX with bfloat16 (Sapphire Rapids or later)")
+    return cpu_kernels

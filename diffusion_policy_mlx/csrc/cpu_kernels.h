@@ -25,4 +25,11 @@ mlx::core::array group_norm(
     const mlx::core::array& x, const mlx::core::array& weight, const mlx::core::array& bias,
     int groups, float eps, const std::string& activation, mlx::core::StreamOrDevice s);
 
+// conv1d(x, w, stride, padding) + bias in bfloat16 on AMX tiles (products accumulated in
+// float32): x (B, T, C_in) float32, w the packed bfloat16 weight (2 * ceil(C_out / 32),
+// ceil(K * C_in / 32), 16, 32), bias (C_out,) float32 -> (B, T_out, C_out) float32.
+mlx::core::array amx_conv1d(
+    const mlx::core::array& x, const mlx::core::array& w, const mlx::core::array& bias,
+    int kernel, int stride, int padding, int threads, mlx::core::StreamOrDevice s);
+
 }  // namespace dp_mlx

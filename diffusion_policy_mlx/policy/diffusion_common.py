@@ -122,7 +122,7 @@ class CompiledStepCache:
     compile inputs, so updated weights (training, EMA, checkpoint loads) are picked up without
     retracing. A deep copy (the EMA policy) starts empty, because the copied entries would still
     call the original model. ``weights`` holds the model's low-precision convolution weights for
-    the CPU kernel (``DP_MLX_CPU_WEIGHTS=float16``), also a compile input.
+    the CPU kernels (``DP_MLX_CPU_WEIGHTS=float16`` or ``bfloat16``), also a compile input.
     """
 
     def __init__(self) -> None:
@@ -145,6 +145,7 @@ class CompiledStepCache:
             # a chunk's rows of the batch's noise are chosen at trace time
             current_shard(),
             len(self.weights.arrays),
+            str(self.weights.dtype),
         )
         entry = self.entries.get(signature)
         if entry is None or entry[0] is not model or entry[1] is not scheduler:

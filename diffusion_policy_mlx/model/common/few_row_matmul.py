@@ -16,7 +16,10 @@ products), the product has at most :data:`MAX_ROWS` rows, and ``DP_MLX_CPU_KERNE
 :func:`kernel_status` says which, and why.
 
 With ``DP_MLX_CPU_WEIGHTS=float16`` the kernel reads float16 copies of the convolution weights
-during sampling (:class:`InferenceWeights`), half the bytes, accumulating in float32.
+during sampling (:class:`InferenceWeights`), half the bytes, accumulating in float32. With
+``DP_MLX_CPU_WEIGHTS=bfloat16`` the convolutions of more than :data:`MAX_ROWS` rows (batched
+sampling) run in bfloat16 on AMX instead (:mod:`~diffusion_policy_mlx.model.common.amx_conv1d`),
+on weights packed for it; the few-row products then stay float32.
 """
 
 from __future__ import annotations
@@ -125,15 +128,17 @@ def few_row_conv1d(x: mx.array, w: mx.array, bias: mx.array) -> mx.array:
     return kernels().few_row_conv1d(x, w, bias, threads=cpu_streams.cores_per_stream())
 
 
-# float16 weights for the kernel: half the bytes to read at batch 1, products still accumulated
-# in float32. Opt-in: the actions then differ from float32 weights' by float16 rounding.
+# Lower precision for sampling, opt-in, since the actions then differ from float32's by the
+# rounding: float16 weights for the few-row kernel (half the bytes to read at batch 1), or
+# bfloat16 products on AMX for batched sampling; both accumulate in float32.
 WEIGHTS_VAR = "DP_MLX_CPU_WEIGHTS"
-_WEIGHT_DTYPES = {"float32": mx.float32, "float16": mx.float16}
+_WEIGHT_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
 def weight_dtype() -> mx.Dtype:
-    """The dtype the kernel reads convolution weights in at inference: ``DP_MLX_CPU_WEIGHTS``
-    (``float32``, the default, or ``float16``)."""
+    """The precision of the convolution weights at inference on the CPU:
+    ``DP_MLX_CPU_WEIGHTS`` (``float32``, the default; ``float16`` for the few-row kernel;
+    ``bfloat16`` for the AMX kernel)."""
     value = os.environ.get(WEIGHTS_VAR, "float32").strip().lower()
     if value not in _WEIGHT_DTYPES:
         raise ValueError(
@@ -143,25 +148,38 @@ def weight_dtype() -> mx.Dtype:
 
 
 class InferenceWeights:
-    """Low-precision copies of a model's convolution weights, for the kernel at inference.
+    """Low-precision copies of a model's convolution weights, for the kernels at inference.
 
     ``arrays`` maps ``str(id(module))`` of every ``nn.Conv1d`` / ``nn.ConvTranspose1d`` in the
-    model to its weight in :func:`weight_dtype`. :meth:`refresh` recomputes a copy when its
-    module's weight array has been replaced (MLX arrays are immutable, so training, EMA updates
-    and checkpoint loads all replace them), and updates ``arrays`` in place, so that a compiled
-    function declaring it as an input (``CompiledStepCache``) reads the new copies. Empty when
-    the weights stay float32, MLX's default device is a GPU or the kernel is not in use.
+    model to its weight in :attr:`dtype` (:func:`weight_dtype`): float16 copies for the
+    few-row kernel, or for bfloat16 the weights packed for the AMX kernel
+    (:func:`~diffusion_policy_mlx.model.common.amx_conv1d.pack_weight`; a transposed
+    convolution's as the (4 C_out, 1, C_in) product ``Upsample1d`` takes). :meth:`refresh`
+    recomputes a copy when its module's weight array has been replaced (MLX arrays are
+    immutable, so training, EMA updates and checkpoint loads all replace them), and updates
+    ``arrays`` in place, so that a compiled function declaring it as an input
+    (``CompiledStepCache``) reads the new copies. Empty when the weights stay float32, MLX's
+    default device is a GPU or the kernel for the dtype is not in use.
     """
 
     def __init__(self) -> None:
         self.arrays: dict[str, mx.array] = {}
+        self.dtype: mx.Dtype = mx.float32
         self._sources: dict[str, mx.array] = {}
 
     def refresh(self, model: nn.Module) -> None:
+        # amx_conv1d imports this module
+        from diffusion_policy_mlx.model.common import amx_conv1d
+
         dtype = weight_dtype()
-        if dtype == mx.float32 or mx.default_device() != mx.cpu or kernels() is None:
+        usable = mx.default_device() == mx.cpu and kernels() is not None
+        if dtype == mx.bfloat16:
+            usable = usable and amx_conv1d.available()
+        if dtype != self.dtype or dtype == mx.float32 or not usable:
             self.arrays.clear()
             self._sources.clear()
+        self.dtype = dtype if usable else mx.float32
+        if self.dtype == mx.float32:
             return
         convs = {
             str(id(m)): m
@@ -172,8 +190,14 @@ class InferenceWeights:
             del self.arrays[key], self._sources[key]
         stale = [key for key, m in convs.items() if self._sources.get(key) is not m.weight]
         for key in stale:
-            self._sources[key] = convs[key].weight
-            self.arrays[key] = convs[key].weight.astype(dtype)
+            weight = convs[key].weight
+            self._sources[key] = weight
+            if dtype != mx.bfloat16:
+                self.arrays[key] = weight.astype(dtype)
+            elif isinstance(convs[key], nn.ConvTranspose1d):
+                self.arrays[key] = amx_conv1d.pack_weight(weight.reshape(-1, 1, weight.shape[2]))
+            else:
+                self.arrays[key] = amx_conv1d.pack_weight(weight)
         mx.eval([self.arrays[key] for key in stale])
 
     def __deepcopy__(self, memo: dict) -> InferenceWeights:
@@ -197,9 +221,24 @@ def using(weights: InferenceWeights | None) -> Iterator[None]:
 
 
 def weight_for(module: nn.Module, rows: int) -> mx.array:
-    """The weight a product over ``rows`` rows multiplies: the low-precision copy of
+    """The weight a product over ``rows`` rows multiplies: the float16 copy of
     ``module.weight`` where the kernel takes the product and :func:`using` holds one, else
     ``module.weight``."""
-    if _active is None or not uses_kernel(rows, module):
+    if _active is None or _active.dtype != mx.float16 or not uses_kernel(rows, module):
         return module.weight
     return _active.arrays.get(str(id(module)), module.weight)
+
+
+def packed_weight_for(module: nn.Module, rows: int) -> mx.array | None:
+    """The AMX-packed bfloat16 weight of ``module`` for a product over ``rows`` rows, where
+    :func:`using` holds bfloat16 weights, the product has more than :data:`MAX_ROWS` rows,
+    ``module`` is in eval mode and MLX's default device is the CPU; else None."""
+    if (
+        _active is None
+        or _active.dtype != mx.bfloat16
+        or rows <= MAX_ROWS
+        or module.training
+        or mx.default_device() != mx.cpu
+    ):
+        return None
+    return _active.arrays.get(str(id(module)))

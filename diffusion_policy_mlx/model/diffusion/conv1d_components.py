@@ -8,7 +8,7 @@ Attribute names reproduce upstream's PyTorch ``state_dict`` names (``conv.weight
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.model.common import amx_conv1d, few_row_matmul
 from diffusion_policy_mlx.model.common.activation import Mish
 from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
 from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
@@ -32,7 +32,8 @@ class Downsample1d(nn.Module):
     of a strided convolution with respect to its input is a transposed convolution on a direct
     loop (675 ms for a (256, 16, 256) input, against 5.5 ms for the forward), which made these
     two layers a third of the lowdim training step. GPUs keep ``mx.conv1d``. A few rows (batch
-    1) go through :func:`~diffusion_policy_mlx.model.common.few_row_matmul.matmul_wt`.
+    1) go through :func:`~diffusion_policy_mlx.model.common.few_row_matmul.matmul_wt`, batched
+    sampling with ``DP_MLX_CPU_WEIGHTS=bfloat16`` through the AMX kernel.
     """
 
     def __init__(self, dim: int):
@@ -42,6 +43,9 @@ class Downsample1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if mx.default_device() != mx.cpu:
             return self.conv(x)
+        packed = few_row_matmul.packed_weight_for(self.conv, x.shape[0] * ((x.shape[1] + 1) // 2))
+        if packed is not None:
+            return amx_conv1d.amx_conv1d(x, packed, self.conv.bias, 3, stride=2, padding=1)
         cols = conv1d_columns(x, kernel=3, stride=2, padding=1)  # (B, ceil(T/2), 3 * C_in)
         # (C_out, 3, C_in)
         weight = few_row_matmul.weight_for(self.conv, cols.shape[0] * cols.shape[1])
@@ -69,7 +73,11 @@ class Upsample1d(nn.Module):
         weight = few_row_matmul.weight_for(self.conv, batch * length)  # (C_out, 4, C_in)
         c_out = weight.shape[0]
         # (B, T, C_in) @ (C_in, 4 * C_out): every tap's product in one GEMM
-        taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1), self.conv)
+        packed = few_row_matmul.packed_weight_for(self.conv, batch * length)
+        if packed is not None:
+            taps = amx_conv1d.amx_conv1d(x, packed, mx.zeros((4 * c_out,)), 1)
+        else:
+            taps = few_row_matmul.matmul_wt(x, weight.reshape(4 * c_out, -1), self.conv)
         taps = taps.reshape(batch, length, c_out, 4)
         zero = mx.zeros((batch, 1, c_out), dtype=taps.dtype)
         prev_tap3 = mx.concatenate([zero, taps[:, :-1, :, 3]], axis=1)  # x[t-1] W_3
@@ -120,12 +128,19 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
 def conv1d(conv: nn.Conv1d, x: mx.array) -> mx.array:
     """A stride-1 'same' ``conv`` (odd kernel) on (B, T, C_in) -> (B, T, C_out), by the fastest
     path for the device and size: MLX's convolution on a GPU; on the CPU
-    :func:`conv1d_few_rows` for at most :func:`few_rows_limit` rows, else
+    :func:`conv1d_few_rows` for at most :func:`few_rows_limit` rows, else the bfloat16 AMX
+    kernel where ``DP_MLX_CPU_WEIGHTS=bfloat16`` provides packed weights
+    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.packed_weight_for`), else
     :func:`conv1d_same` (its gradients skip the padded taps)."""
     if mx.default_device() != mx.cpu:
         return conv(x)
-    if x.shape[0] * x.shape[1] <= few_rows_limit(conv):
+    rows = x.shape[0] * x.shape[1]
+    if rows <= few_rows_limit(conv):
         return conv1d_few_rows(conv, x)
+    packed = few_row_matmul.packed_weight_for(conv, rows)
+    if packed is not None:
+        kernel = conv.weight.shape[1]
+        return amx_conv1d.amx_conv1d(x, packed, conv.bias, kernel, padding=kernel // 2)
     return conv1d_same(x, conv.weight) + conv.bias
 
 
