@@ -31,6 +31,15 @@ def available() -> bool:
     return kernels is not None and kernels.amx
 
 
+def amx_status() -> str:
+    """Whether the AMX kernel runs in this process, and why not."""
+    if few_row_matmul.kernels() is None:
+        return f"no: the extension is not in use ({few_row_matmul.kernel_status()})"
+    if not available():
+        return "no: this CPU or OS has no AMX with bfloat16 (Sapphire Rapids or later)"
+    return "yes"
+
+
 def pack_weight(weight: mx.array) -> mx.array:
     """A convolution weight (C_out, K, C_in) in the kernel's tile layout:
     (2 * ceil(C_out / 32), ceil(K * C_in / 32), 16, 32) bfloat16.

@@ -207,3 +207,11 @@ def test_packed_weights_follow_their_modules(monkeypatch, amx):
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
     weights.refresh(conv)  # another dtype replaces the packs with copies
     assert weights.dtype == mx.float16 and weights.arrays[str(id(conv))].shape == (16, 3, 8)
+
+
+def test_amx_status_says_whether_the_kernel_runs(monkeypatch, amx):
+    assert amx_conv1d.amx_status() == "yes"
+    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx": False}))
+    assert amx_conv1d.amx_status().startswith("no: this CPU or OS has no AMX")
+    monkeypatch.setattr(few_row_matmul, "ENABLED", False)
+    assert amx_conv1d.amx_status().startswith("no: the extension is not in use")
