@@ -296,17 +296,28 @@ def test_grouped_adamw_applies_each_groups_weight_decay():
         )
 
 
-def test_float16_weights_sample_near_float32_and_follow_weight_updates(monkeypatch, cpu_kernels):
-    """DP_MLX_CPU_WEIGHTS=float16: the compiled loop multiplies float16 copies of the U-Net's
-    convolution weights (results near, not equal to, float32's), refreshed after an update."""
+@pytest.mark.parametrize(
+    "dtype, batch, fixture, tolerance",
+    # float16 copies for the few-row kernel at batch 1; bfloat16 on AMX for a whole batch, on
+    # one stream so that its B * T = 24 rows are past the few-row kernel's 16
+    [("float16", 1, "cpu_kernels", 2e-2), ("bfloat16", B, "amx", 5e-2)],
+)
+def test_low_precision_weights_sample_near_float32_and_follow_weight_updates(
+    monkeypatch, request, dtype, batch, fixture, tolerance
+):
+    """DP_MLX_CPU_WEIGHTS=float16 or bfloat16: the compiled loop multiplies low-precision
+    copies of the U-Net's convolution weights (results near, not equal to, float32's),
+    refreshed after an update."""
+    request.getfixturevalue(fixture)
+    monkeypatch.setattr(cpu_streams, "_count", 1)
     mx.random.seed(0)
     model = ConditionalUnet1D(D, global_cond_dim=5, down_dims=[16, 32], kernel_size=3, n_groups=4)
     model.eval()
     cond_data, cond_mask, global_cond = inpainting_problem(4)
     args = (
-        mx.array(cond_data[:1]),
-        mx.array(cond_mask[:1]),
-        {"global_cond": mx.array(global_cond[:1])},
+        mx.array(cond_data[:batch]),
+        mx.array(cond_mask[:batch]),
+        {"global_cond": mx.array(global_cond[:batch])},
     )
 
     def sample(cache):
@@ -316,47 +327,14 @@ def test_float16_weights_sample_near_float32_and_follow_weight_updates(monkeypat
 
     with mx.stream(mx.cpu):
         full = sample(CompiledStepCache())
-        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
+        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, dtype)
         cache = CompiledStepCache()
-        half = sample(cache)
-        assert len(cache.weights.arrays) > 0
-        assert 0 < np.abs(half - full).max() < 2e-2
+        low = sample(cache)
+        assert cache.weights.dtype == getattr(mx, dtype) and len(cache.weights.arrays) > 0
+        assert 0 < np.abs(low - full).max() < tolerance
         model.update(tree_map(lambda p: p * 1.5, model.parameters()))
         updated = sample(cache)
         monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
         updated_full = sample(CompiledStepCache())
-    assert np.abs(updated - half).max() > 0.1
-    assert np.abs(updated - updated_full).max() < 2e-2
-
-
-def test_bfloat16_weights_sample_batches_near_float32_and_follow_weight_updates(monkeypatch, amx):
-    """DP_MLX_CPU_WEIGHTS=bfloat16: a batch's convolutions (more rows than the few-row kernel
-    takes) run in bfloat16 on AMX, on packed weights refreshed after an update; near, not
-    equal to, float32's samples."""
-    mx.random.seed(0)
-    model = ConditionalUnet1D(D, global_cond_dim=5, down_dims=[32, 64], kernel_size=3, n_groups=4)
-    model.eval()
-    cond_data, cond_mask, global_cond = inpainting_problem(4)
-    args = (mx.array(cond_data), mx.array(cond_mask), {"global_cond": mx.array(global_cond)})
-    # one stream, so that the batch's B * T rows are past the few-row kernel's
-    monkeypatch.setattr(cpu_streams, "_count", 1)
-    assert B * T > few_row_matmul.MAX_ROWS
-
-    def sample(cache):
-        return np.array(
-            conditional_sample(model, ddpm(), 10, *args, key=mx.random.key(1), step_cache=cache)
-        )
-
-    with mx.stream(mx.cpu):
-        full = sample(CompiledStepCache())
-        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "bfloat16")
-        cache = CompiledStepCache()
-        rounded = sample(cache)
-        assert cache.weights.dtype == mx.bfloat16 and len(cache.weights.arrays) > 0
-        assert 0 < np.abs(rounded - full).max() < 5e-2
-        model.update(tree_map(lambda p: p * 1.5, model.parameters()))
-        updated = sample(cache)
-        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
-        updated_full = sample(CompiledStepCache())
-    assert np.abs(updated - rounded).max() > 0.1
-    assert np.abs(updated - updated_full).max() < 5e-2
+    assert np.abs(updated - low).max() > 0.1
+    assert np.abs(updated - updated_full).max() < tolerance
