@@ -6,6 +6,7 @@ same process, same weights and noise:
     python benchmarks/bench_cpu_kernels.py --config train_diffusion_unet_hybrid_workspace
     python benchmarks/bench_cpu_kernels.py --paths float32 float16  # DP_MLX_CPU_WEIGHTS
     python benchmarks/bench_cpu_kernels.py --paths float32 bfloat16 --cases ddim16_b56
+    python benchmarks/bench_cpu_kernels.py --checkpoint RUN/checkpoints/latest.ckpt ...
 
 The paths: ``blas`` (the kernels off), ``float32`` (the few-row kernel on float32 weights),
 ``float16`` (on float16 copies, ``DP_MLX_CPU_WEIGHTS=float16``) and ``bfloat16`` (batched
@@ -42,6 +43,12 @@ def main() -> None:
     parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES[:2]))
+    parser.add_argument(
+        "--checkpoint",
+        help="a trained policy (as eval.py takes it) instead of --config's random weights; the "
+        "observations then come from its task's data",
+    )
+    parser.add_argument("--zarr", help="with --checkpoint: the dataset's zarr, if it moved")
     parser.add_argument("--paths", nargs=2, choices=PATHS, default=["blas", "float32"])
     args = parser.parse_args()
     if few_row_matmul.kernels() is None:
@@ -53,6 +60,8 @@ def main() -> None:
         args.repeats,
         {path: lambda path=path: use_path(path) for path in args.paths},
         tuple(args.cases),
+        checkpoint=args.checkpoint,
+        zarr_path=args.zarr,
     )
 
 

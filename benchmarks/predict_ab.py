@@ -12,8 +12,11 @@ from pathlib import Path
 
 import hydra
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+from omegaconf import DictConfig, open_dict
 
+from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.policy.diffusion_common import CompiledStepCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,23 +32,59 @@ from sides import (  # noqa: E402
 CASES = ("ddpm100_b1", "ddim16_b1", "ddim16_b56")
 
 
+def untrained_policy(config: str, device: str) -> tuple[DictConfig, nn.Module, dict]:
+    """A default policy of ``config`` with random weights, a normalizer fitted on synthetic
+    data and 56 synthetic observations."""
+    cfg, workspace = build(config, [f"training.device={device}"])
+    _, normalizer = synthetic(cfg, 56)
+    workspace.model.set_normalizer(normalizer)
+    return cfg, workspace.model, synthetic_obs(cfg, 56, cfg.n_obs_steps, seed=3)
+
+
+def trained_policy(
+    checkpoint: str, device: str, zarr_path: str | None
+) -> tuple[DictConfig, nn.Module, dict]:
+    """The policy ``eval.py`` would roll out from ``checkpoint`` (EMA weights where the run kept
+    them) and the observations of 56 windows spread over its task's training data (the zarr
+    the checkpoint names, or ``zarr_path``)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.cfg
+    with open_dict(cfg):
+        cfg.training.device = device
+        if zarr_path is not None:
+            cfg.task.dataset.zarr_path = zarr_path
+    workspace = hydra.utils.get_class(cfg._target_)(cfg, output_dir="/tmp/predict_ab")
+    workspace.load_payload(ckpt)
+    policy = workspace.ema_model if cfg.training.use_ema else workspace.model
+    dataset = hydra.utils.instantiate(cfg.task.dataset)
+    obs = dataset.__getitems__(np.linspace(0, len(dataset) - 1, 56).astype(int))["obs"]
+    steps = cfg.n_obs_steps
+    if isinstance(obs, dict):
+        return cfg, policy, {k: v[:, :steps] for k, v in obs.items()}
+    return cfg, policy, {"obs": obs[:, :steps]}
+
+
 def compare_paths(
     config: str,
     device: str,
     repeats: int,
     paths: dict[str, Callable[[], None]],
     cases: tuple[str, ...] = CASES,
+    checkpoint: str | None = None,
+    zarr_path: str | None = None,
 ) -> None:
     """For each of ``cases`` (of :data:`CASES`), time ``predict_action`` on each of ``paths``
     (name -> a function that switches to that path) and print one JSON line per case: each
     path's median in ms, the first path's time over the second's (``speedup``) and the largest
-    difference between their actions."""
-    cfg, workspace = build(config, [f"training.device={device}"])
-    policy = workspace.model
-    _, normalizer = synthetic(cfg, 56)
-    policy.set_normalizer(normalizer)
+    difference between their actions. The policy is ``config``'s with random weights, or the
+    trained one of ``checkpoint`` on observations from its data (:func:`trained_policy`)."""
+    if checkpoint is None:
+        cfg, policy, obs = untrained_policy(config, device)
+    else:
+        cfg, policy, obs = trained_policy(checkpoint, device, zarr_path)
+        config = str(checkpoint)
     policy.eval()
-    obs56 = {k: mx.array(v) for k, v in synthetic_obs(cfg, 56, cfg.n_obs_steps, seed=3).items()}
+    obs56 = {k: mx.array(v) for k, v in obs.items()}
     obs1 = {k: v[:1] for k, v in obs56.items()}
     ddim_cfg = translate_config(compose_config(CONFIG_DIR, DDIM_CONFIG, "pusht_image", []))
     ddim = hydra.utils.instantiate(ddim_cfg.policy.noise_scheduler)
