@@ -25,6 +25,7 @@ on weights packed for it; the few-row products then stay float32.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from diffusion_policy_mlx.common import cpu_streams
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "DP_MLX_CPU_KERNELS"
 _OFF_VALUES = {"off", "0", "false", "no", "none"}
@@ -172,9 +175,12 @@ class InferenceWeights:
         from diffusion_policy_mlx.model.common import amx_conv1d
 
         dtype = weight_dtype()
-        usable = mx.default_device() == mx.cpu and kernels() is not None
+        on_cpu = mx.default_device() == mx.cpu
+        usable = on_cpu and kernels() is not None
         if dtype == mx.bfloat16:
             usable = usable and amx_conv1d.available()
+        if on_cpu and dtype != mx.float32 and not usable:
+            _warn_once(dtype)
         if dtype != self.dtype or dtype == mx.float32 or not usable:
             self.arrays.clear()
             self._sources.clear()
@@ -205,6 +211,26 @@ class InferenceWeights:
     def __deepcopy__(self, memo: dict) -> InferenceWeights:
         # a copied model (the EMA policy) has modules of its own
         return InferenceWeights()
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(dtype: mx.Dtype) -> None:
+    """Say, once per process and dtype, that ``DP_MLX_CPU_WEIGHTS`` asks for a precision whose
+    kernel cannot run here, so that sampling silently staying float32 is not mistaken for it."""
+    # amx_conv1d imports this module
+    from diffusion_policy_mlx.model.common import amx_conv1d
+
+    name = str(dtype).removeprefix("mlx.core.")
+    if name in _warned:
+        return
+    _warned.add(name)
+    if kernels() is None:
+        reason = f"the CPU kernels are not in use ({kernel_status()})"
+    else:
+        reason = amx_conv1d.amx_status().removeprefix("no: ")
+    log.warning("%s=%s has no effect, sampling stays float32: %s", WEIGHTS_VAR, name, reason)
 
 
 _active: InferenceWeights | None = None

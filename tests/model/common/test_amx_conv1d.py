@@ -215,3 +215,16 @@ def test_amx_status_says_whether_the_kernel_runs(monkeypatch, amx):
     assert amx_conv1d.amx_status().startswith("no: this CPU or OS has no AMX")
     monkeypatch.setattr(few_row_matmul, "ENABLED", False)
     assert amx_conv1d.amx_status().startswith("no: the extension is not in use")
+
+
+def test_bfloat16_without_amx_says_so_once(monkeypatch, caplog, amx):
+    conv = nn.Conv1d(8, 8, 3, padding=1)
+    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx": False}))
+    monkeypatch.setattr(few_row_matmul, "_warned", set())
+    with caplog.at_level("WARNING", logger=few_row_matmul.__name__):
+        _bfloat16_weights(monkeypatch, conv)
+        _bfloat16_weights(monkeypatch, conv)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DP_MLX_CPU_WEIGHTS=bfloat16 has no effect, sampling stays float32: this CPU or OS has "
+        "no AMX with bfloat16 (Sapphire Rapids or later)"
+    ]
