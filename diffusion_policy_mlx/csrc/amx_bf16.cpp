@@ -69,38 +69,47 @@ void amx_multiply(
     int64_t p0, int64_t p1) {
   const int64_t KT = amx_k_tiles(s.K, s.C), rows = s.B * s.T_out;
   const int64_t blocks = amx_padded_rows(rows) / 32;
+  // Rows in chunks of about 1 MB of columns, which stay in L2 while every panel of the range
+  // (32 channels' weights, also in L2) passes over them: with all rows at once the columns
+  // of a batch-56 layer (4.6 MB) came from L3 for every panel. 631 -> 707 GFLOP/s for a
+  // (448, 5120) x (5120, 1024) product on one core.
+  const int64_t block_bytes = 32 * KT * 32 * sizeof(uint16_t);
+  const int64_t chunk = block_bytes < (1 << 20) ? (1 << 20) / block_bytes : 1;
   alignas(64) float out[32 * 32];
-  // Panel by panel: a panel's weights (32 channels x K * C_in) stay in L2 while every block of
-  // 32 rows of the columns streams past them.
-  for (int64_t p = p0; p < p1; ++p) {
-    const uint16_t* w0 = w + 2 * p * KT * kTile;
-    const uint16_t* w1 = w0 + KT * kTile;
-    for (int64_t mb = 0; mb < blocks; ++mb) {
-      const uint16_t* a0 = a + 2 * mb * KT * kTile;
-      const uint16_t* a1 = a0 + KT * kTile;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t kt = 0; kt < KT; ++kt) {
-        _tile_loadd(4, a0 + kt * kTile, 64);
-        _tile_loadd(5, a1 + kt * kTile, 64);
-        _tile_loadd(6, w0 + kt * kTile, 64);
-        _tile_loadd(7, w1 + kt * kTile, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-      _tile_stored(0, out, 128);
-      _tile_stored(1, out + 16, 128);
-      _tile_stored(2, out + 16 * 32, 128);
-      _tile_stored(3, out + 16 * 32 + 16, 128);
-      const int64_t n0 = p * 32, width = s.N - n0 < 32 ? s.N - n0 : 32;
-      const int64_t height = rows - mb * 32 < 32 ? rows - mb * 32 : 32;
-      for (int64_t i = 0; i < height; ++i) {
-        float* dst = y + (mb * 32 + i) * s.N + n0;
-        for (int64_t j = 0; j < width; ++j) dst[j] = out[i * 32 + j] + bias[n0 + j];
+  for (int64_t c0 = 0; c0 < blocks; c0 += chunk) {
+    const int64_t c1 = c0 + chunk < blocks ? c0 + chunk : blocks;
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint16_t* w0 = w + 2 * p * KT * kTile;
+      const uint16_t* w1 = w0 + KT * kTile;
+      for (int64_t mb = c0; mb < c1; ++mb) {
+        const uint16_t* a0 = a + 2 * mb * KT * kTile;
+        const uint16_t* a1 = a0 + KT * kTile;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        // Each load right before the first product that needs it: grouping the four loads
+        // ahead of the four products ran at 450 instead of 631 GFLOP/s.
+        for (int64_t kt = 0; kt < KT; ++kt) {
+          _tile_loadd(4, a0 + kt * kTile, 64);
+          _tile_loadd(6, w0 + kt * kTile, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_loadd(7, w1 + kt * kTile, 64);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_loadd(5, a1 + kt * kTile, 64);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, out, 128);
+        _tile_stored(1, out + 16, 128);
+        _tile_stored(2, out + 16 * 32, 128);
+        _tile_stored(3, out + 16 * 32 + 16, 128);
+        const int64_t n0 = p * 32, width = s.N - n0 < 32 ? s.N - n0 : 32;
+        const int64_t height = rows - mb * 32 < 32 ? rows - mb * 32 : 32;
+        for (int64_t i = 0; i < height; ++i) {
+          float* dst = y + (mb * 32 + i) * s.N + n0;
+          for (int64_t j = 0; j < width; ++j) dst[j] = out[i * 32 + j] + bias[n0 + j];
+        }
       }
     }
   }
