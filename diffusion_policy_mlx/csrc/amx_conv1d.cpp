@@ -82,10 +82,7 @@ class AmxConv1d : public mx::UnaryPrimitive {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
     const mx::array& bias = inputs[2];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
+    auto& encoder = kernel_encoder(stream(), inputs, out);
     const AmxConvShape shape{x.shape(0), x.shape(1), x.shape(2), out.shape(1),
                              kernel_,    stride_,    padding_,   out.shape(2)};
     encoder.dispatch([x_ptr = x.data<float>(), w_ptr = w.data<uint16_t>(),

@@ -74,11 +74,7 @@ class FewRowMatmul : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(x);
-    encoder.set_input_array(w);
-    encoder.set_output_array(out);
+    auto& encoder = kernel_encoder(stream(), inputs, out);
     const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
     encoder.dispatch([x_ptr = x.data<float>(), w_data = w.data<void>(), half = w.dtype() == mx::float16,
                       y_ptr = out.data<float>(), M, K, N, threads = threads_]() {
@@ -132,10 +128,7 @@ class FewRowConv1d : public mx::UnaryPrimitive {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
     const mx::array& bias = inputs[2];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
+    auto& encoder = kernel_encoder(stream(), inputs, out);
     const int64_t B = x.shape(0), T = x.shape(1), C = x.shape(2);
     const int64_t N = w.shape(0), K = w.shape(1);
     encoder.dispatch([x_ptr = x.data<float>(), w_data = w.data<void>(),

@@ -45,12 +45,7 @@ class GroupNormVjp : public mx::Primitive {
 
   // inputs x, w, b, dy -> outputs dx, dw, db
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    for (auto& out : outputs) {
-      out.set_data(mx::allocator::malloc(out.nbytes()));
-      encoder.set_output_array(out);
-    }
+    auto& encoder = kernel_encoder(stream(), inputs, outputs);
     const Dims d(inputs[0]);
     encoder.dispatch([x = inputs[0].data<float>(), w = inputs[1].data<float>(),
                       b = inputs[2].data<float>(), dy = inputs[3].data<float>(),
@@ -84,10 +79,7 @@ class GroupNorm : public mx::UnaryPrimitive {
   GroupNorm(mx::Stream stream, Params p) : mx::UnaryPrimitive(stream), p_(p) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    encoder.set_output_array(out);
+    auto& encoder = kernel_encoder(stream(), inputs, out);
     const Dims d(inputs[0]);
     encoder.dispatch([x = inputs[0].data<float>(), w = inputs[1].data<float>(),
                       b = inputs[2].data<float>(), y = out.data<float>(), d, p = p_]() {
