@@ -226,10 +226,10 @@ def _warn_once(dtype: mx.Dtype) -> None:
     if name in _warned:
         return
     _warned.add(name)
-    if kernels() is None:
-        reason = f"the CPU kernels are not in use ({kernel_status()})"
-    else:
+    if dtype == mx.bfloat16:  # the extension or AMX missing: amx_status says which
         reason = amx_conv1d.amx_status().removeprefix("no: ")
+    else:
+        reason = f"the extension is not in use ({kernel_status()})"
     log.warning("%s=%s has no effect, sampling stays float32: %s", WEIGHTS_VAR, name, reason)
 
 
