@@ -133,6 +133,13 @@ def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, kernel, dtype, 
         )
 
 
+def _patch_extension(monkeypatch, extension, **changes) -> None:
+    """The loaded extension as few_row_matmul sees it, with ``changes`` to its attributes."""
+    monkeypatch.setattr(
+        few_row_matmul, "_kernels", SimpleNamespace(**{**vars(extension), **changes})
+    )
+
+
 def _bfloat16_weights(monkeypatch, model: nn.Module) -> few_row_matmul.InferenceWeights:
     monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "bfloat16")
     weights = few_row_matmul.InferenceWeights()
@@ -167,9 +174,7 @@ def test_layers_take_the_kernel_in_eval_mode_past_the_few_rows(monkeypatch, laye
         layer.eval()
         weights = _bfloat16_weights(monkeypatch, layer)
         assert weights.dtype == mx.bfloat16 and weights.arrays
-        monkeypatch.setattr(
-            few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx_conv1d": spy})
-        )
+        _patch_extension(monkeypatch, amx, amx_conv1d=spy)
         with few_row_matmul.using(weights):
             got = apply(x)
             got_few = apply(few)
@@ -185,7 +190,7 @@ def test_layers_take_the_kernel_in_eval_mode_past_the_few_rows(monkeypatch, laye
 
 def test_bfloat16_weights_stay_float32_without_amx(monkeypatch, amx):
     conv = nn.Conv1d(8, 8, 3, padding=1)
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx": False}))
+    _patch_extension(monkeypatch, amx, amx=False)
     weights = _bfloat16_weights(monkeypatch, conv)
     assert weights.dtype == mx.float32 and not weights.arrays
     with few_row_matmul.using(weights):
@@ -211,7 +216,7 @@ def test_packed_weights_follow_their_modules(monkeypatch, amx):
 
 def test_amx_status_says_whether_the_kernel_runs(monkeypatch, amx):
     assert amx_conv1d.amx_status() == "yes"
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx": False}))
+    _patch_extension(monkeypatch, amx, amx=False)
     assert amx_conv1d.amx_status().startswith("no: this CPU or OS has no AMX")
     monkeypatch.setattr(few_row_matmul, "ENABLED", False)
     assert amx_conv1d.amx_status().startswith("no: the extension is not in use")
@@ -219,7 +224,7 @@ def test_amx_status_says_whether_the_kernel_runs(monkeypatch, amx):
 
 def test_bfloat16_without_amx_says_so_once(monkeypatch, caplog, amx):
     conv = nn.Conv1d(8, 8, 3, padding=1)
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(**{**vars(amx), "amx": False}))
+    _patch_extension(monkeypatch, amx, amx=False)
     monkeypatch.setattr(few_row_matmul, "_warned", set())
     with caplog.at_level("WARNING", logger=few_row_matmul.__name__):
         _bfloat16_weights(monkeypatch, conv)
