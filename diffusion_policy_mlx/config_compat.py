@@ -9,7 +9,8 @@ Three things stand between an upstream YAML file and this package:
   device.
 * ``${eval:...}`` interpolations, which upstream resolves with Python's ``eval``. Here they go
   through :func:`safe_eval`, an AST walk over a small expression language (literals, arithmetic,
-  comparisons, ``and``/``or``/``not`` and ``a if cond else b``) that cannot call anything.
+  comparisons, ``and``/``or``/``not`` and ``a if cond else b``) that cannot call anything and
+  whose cost is bounded (source length, nesting, size of every intermediate value).
 
 Importing this module registers the ``eval`` resolver with OmegaConf.
 """
@@ -20,6 +21,7 @@ import ast
 import importlib
 import logging
 import operator
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -66,8 +68,20 @@ _COMPARE_OPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 }
 # YAML spellings a config author may write inside an expression.
 _NAMES = {"true": True, "false": False, "null": None, "none": None}
-# Bounds ``**`` so that a config cannot make the resolver allocate a gigantic integer.
-_MAX_EXPONENT = 64
+# What one expression may cost: far above anything a config needs, far below what takes a
+# noticeable time or memory to compute (every check runs before the operation it guards).
+MAX_SOURCE_CHARS = 1000
+MAX_DEPTH = 60  # nesting of the expression's syntax tree
+MAX_INT_BITS = 1024  # about 10**308, the float range
+MAX_LENGTH = 10_000  # characters of a string, elements (nested ones too) of a tuple or list
+_VALUE_TYPES = (bool, int, float, str, type(None), tuple, list)
+_SEQUENCES = (str, tuple, list)
+_SYMBOLS = {ast.Mult: "*", ast.Pow: "**", ast.Mod: "%"}
+# printf-style conversions: the width and precision decide the size of the formatted text
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.S)
+# characters that one formatted value may take beyond its width and precision: a 1024-bit int
+# or a float written with %f
+_DIGITS_PER_VALUE = 400
 
 
 def safe_eval(expression: str | int | float | bool | None) -> Any:
@@ -77,65 +91,163 @@ def safe_eval(expression: str | int | float | bool | None) -> Any:
     ``+ - * / // % **``, unary ``- + not``, comparisons (``== != < <= > >= in is``),
     ``and``/``or`` and ``a if cond else b``: everything upstream's configs use. Names, calls,
     attribute access and subscripts are rejected, so a config cannot run code.
+
+    Cost is bounded: the source (:data:`MAX_SOURCE_CHARS`), the syntax tree's depth
+    (:data:`MAX_DEPTH`) and every intermediate value (ints by :data:`MAX_INT_BITS`, strings,
+    tuples and lists by :data:`MAX_LENGTH`, checked before a ``*``, ``**`` or ``%`` is
+    computed). Every failure, arithmetic ones included, is a :class:`ConfigError` naming the
+    expression.
     """
     if not isinstance(expression, str):
         # ``${eval:${x}}`` hands over the already-typed value of x.
         return expression
+    source = expression.strip()
+    where = _shown(source)
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ConfigError(
+            f"{where}: the expression has {len(source)} characters; the eval resolver accepts "
+            f"at most {MAX_SOURCE_CHARS}"
+        )
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as e:
-        raise ConfigError(f"${{eval:...}} cannot parse {expression!r}: {e.msg}") from None
-    return _eval_node(tree.body, expression)
+        raise ConfigError(f"{where}: cannot parse {source!r}: {e.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{where}: the expression is nested too deeply to parse") from None
+    if (depth := _tree_depth(tree.body)) > MAX_DEPTH:
+        raise ConfigError(
+            f"{where}: the expression is nested {depth} levels deep; the eval resolver accepts "
+            f"at most {MAX_DEPTH}"
+        )
+    try:
+        return _eval_node(tree.body, where)
+    except ConfigError:
+        raise
+    except (ArithmeticError, TypeError, ValueError, RecursionError, MemoryError) as e:
+        raise ConfigError(f"{where} failed: {type(e).__name__}: {e}") from None
 
 
-def _eval_node(node: ast.AST, source: str) -> Any:
+def _shown(source: str) -> str:
+    """The expression as error messages name it, shortened when it is long."""
+    if len(source) > 120:
+        source = f"{source[:100]}... ({len(source)} characters)"
+    return f"${{eval:{source}}}"
+
+
+def _tree_depth(node: ast.AST) -> int:
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def _size(value: Any) -> int:
+    """Characters of a string; elements, nested ones counted, of a tuple or list."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, tuple | list):
+        return len(value) + sum(_size(v) for v in value)
+    return 1
+
+
+def _bounded(value: Any, where: str) -> Any:
+    """``value`` itself, once it is a config value within the resolver's bounds."""
+    if not isinstance(value, _VALUE_TYPES):
+        raise ConfigError(f"{where}: a {type(value).__name__} is not a config value")
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise ConfigError(f"{where}: an intermediate integer exceeds {MAX_INT_BITS} bits")
+    if isinstance(value, tuple | list):
+        for v in value:
+            _bounded(v, where)
+    if _size(value) > MAX_LENGTH:
+        raise ConfigError(
+            f"{where}: an intermediate {type(value).__name__} exceeds {MAX_LENGTH} elements"
+        )
+    return value
+
+
+def _check_operands(op: ast.operator, a: Any, b: Any, where: str) -> None:
+    """Refuse ``a op b`` before computing it when its result would exceed the bounds."""
+    too_big = False
+    match op:
+        case ast.Mult() if isinstance(a, int) and isinstance(b, int):
+            too_big = a.bit_length() + b.bit_length() > MAX_INT_BITS + 1
+        case ast.Mult() if isinstance(a, int) and isinstance(b, _SEQUENCES):
+            too_big = a * _size(b) > MAX_LENGTH
+        case ast.Mult() if isinstance(a, _SEQUENCES) and isinstance(b, int):
+            too_big = b * _size(a) > MAX_LENGTH
+        case ast.Pow() if isinstance(a, int) and isinstance(b, int) and b > 0:
+            too_big = (abs(a).bit_length() - 1) * b > MAX_INT_BITS
+        case ast.Mod() if isinstance(a, str):
+            too_big = _formatted_size(a, b, where) > MAX_LENGTH
+    if too_big:
+        raise ConfigError(
+            f"{where}: {_SYMBOLS[type(op)]!r} would build a value beyond the resolver's bounds "
+            f"({MAX_INT_BITS}-bit integers, {MAX_LENGTH}-element strings and sequences)"
+        )
+
+
+def _formatted_size(template: str, args: Any, where: str) -> int:
+    """An upper bound on the length of ``template % args``."""
+    bound = len(template) + 10 * _size(args)  # a repr() takes at most 10 characters a character
+    for width, precision, _ in _PERCENT_SPEC.findall(template):
+        if "*" in (width, precision):
+            raise ConfigError(f"{where}: '*' widths are not allowed in % formatting")
+        bound += int(width or 0) + int(precision or 0) + _DIGITS_PER_VALUE
+    return bound
+
+
+def _eval_node(node: ast.AST, where: str) -> Any:
+    return _bounded(_eval_unbounded(node, where), where)
+
+
+def _eval_unbounded(node: ast.AST, where: str) -> Any:
     match node:
         case ast.Constant(value=value):
             return value
         case ast.Name(id=name) if name.lower() in _NAMES:
             return _NAMES[name.lower()]
         case ast.Tuple(elts=elts):
-            return tuple(_eval_node(e, source) for e in elts)
+            return tuple(_eval_node(e, where) for e in elts)
         case ast.List(elts=elts):
-            return [_eval_node(e, source) for e in elts]
+            return [_eval_node(e, where) for e in elts]
         case ast.UnaryOp(op=op, operand=operand) if type(op) in _UNARY_OPS:
-            return _UNARY_OPS[type(op)](_eval_node(operand, source))
+            return _UNARY_OPS[type(op)](_eval_node(operand, where))
         case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY_OPS:
-            a, b = _eval_node(left, source), _eval_node(right, source)
-            if isinstance(op, ast.Pow) and isinstance(b, int | float) and abs(b) > _MAX_EXPONENT:
-                raise ConfigError(
-                    f"${{eval:{source}}}: exponent {b} is larger than {_MAX_EXPONENT}"
-                )
+            a, b = _eval_node(left, where), _eval_node(right, where)
+            _check_operands(op, a, b, where)
             return _BINARY_OPS[type(op)](a, b)
         case ast.BoolOp(op=ast.And(), values=values):
             result: Any = True
             for v in values:
-                result = _eval_node(v, source)
+                result = _eval_node(v, where)
                 if not result:
                     return result
             return result
         case ast.BoolOp(op=ast.Or(), values=values):
             result = False
             for v in values:
-                result = _eval_node(v, source)
+                result = _eval_node(v, where)
                 if result:
                     return result
             return result
         case ast.Compare(left=left, ops=ops, comparators=comparators):
-            a = _eval_node(left, source)
+            a = _eval_node(left, where)
             for op, right in zip(ops, comparators, strict=True):
                 if type(op) not in _COMPARE_OPS:
                     break
-                b = _eval_node(right, source)
+                b = _eval_node(right, where)
                 if not _COMPARE_OPS[type(op)](a, b):
                     return False
                 a = b
             else:
                 return True
         case ast.IfExp(test=test, body=body, orelse=orelse):
-            return _eval_node(body if _eval_node(test, source) else orelse, source)
+            return _eval_node(body if _eval_node(test, where) else orelse, where)
     raise ConfigError(
-        f"${{eval:{source}}}: {ast.unparse(node)!r} is not allowed; the eval resolver accepts only "
+        f"{where}: {ast.unparse(node)!r} is not allowed; the eval resolver accepts only "
         "literals, arithmetic, comparisons, and/or/not and 'a if cond else b'"
     )
 

@@ -92,6 +92,53 @@ def test_safe_eval_reports_syntax_errors():
         safe_eval("1 +")
 
 
+@pytest.mark.parametrize(
+    "expression, reason",
+    [
+        ("(((((2**64)**64)**64)**64)**64)**64", "'\\*\\*' would build a value beyond"),
+        ("'a'*10**9", "'\\*' would build a value beyond"),
+        ("10**9*[0]", "'\\*' would build a value beyond"),
+        ("(2**600)*(2**600)", "'\\*' would build a value beyond"),
+        ("'%0999999999d'%1", "'%' would build a value beyond"),
+        ("'%.999999999f'%1.5", "'%' would build a value beyond"),
+        ("'%s'*1000 % (('a'*9000,)*1000)", "would build a value beyond"),
+        ("'%*d' % (10**9, 1)", "'\\*' widths are not allowed"),
+        ("2**1024", "integer exceeds 1024 bits"),
+        ("(" * 20000 + "1" + ")" * 20000, "the expression has 40001 characters"),
+        ("-" * 20000 + "1", "the expression has 20001 characters"),
+        ("-" * 500 + "1", "nested 501 levels deep"),
+        ("(" * 300 + "1" + ")" * 300, "cannot parse"),
+        ("1/0", "ZeroDivisionError"),
+        ("7 % 0", "ZeroDivisionError"),
+        ("2.0**100000", "OverflowError"),
+        ("(2**1023 + (2**1023 - 1)) / 1", "OverflowError"),
+        ("'a' + 1", "TypeError"),
+        ("'%d' % 'x'", "TypeError"),
+        ("(-8) ** 0.5", "a complex is not a config value"),
+    ],
+)
+def test_safe_eval_bounds_cost_and_names_the_expression(expression, reason):
+    with pytest.raises(ConfigError, match=reason) as info:
+        safe_eval(expression)
+    shown = expression if len(expression) <= 120 else expression[:100]
+    assert str(info.value).startswith(f"${{eval:{shown}")
+
+
+def test_safe_eval_keeps_values_inside_the_bounds():
+    assert safe_eval("2**1000") == 2**1000
+    assert safe_eval("'ab'*3 + '%03d' % 7") == "ababab007"
+    assert safe_eval("20000 * 1.5") == 30000.0
+    assert safe_eval("(1, 2) + (3,)") == (1, 2, 3)
+    assert safe_eval("1e308 * 10") == float("inf")
+
+
+def test_eval_resolver_errors_name_the_key_and_expression():
+    cfg = OmegaConf.create({"policy": {"n": "${eval:'1/0'}"}})
+    with pytest.raises(Exception, match=r"\$\{eval:1/0\} failed: ZeroDivisionError") as info:
+        _ = cfg.policy.n
+    assert "full_key: policy.n" in str(info.value)
+
+
 def test_eval_resolver_is_registered_and_safe():
     cfg = OmegaConf.create({"n": 8, "m": 0, "x": "${eval:'${n}+${m}'}", "y": "${eval:'open(1)'}"})
     assert cfg.x == 8
