@@ -4,7 +4,9 @@
     python eval.py -c latest.ckpt -o eval_out task.env_runner.n_test=10   # config overrides
 
 The workspace is rebuilt from the config stored in the checkpoint; the EMA policy is rolled
-out when the run trained one (``training.use_ema``), as upstream does.
+out when the run trained one (``training.use_ema``), as upstream does. A checkpoint is data: its
+config (with the overrides) may build only this package's classes, unless you trust more module
+prefixes with ``trusted_targets=[my_pkg]`` or ``DP_MLX_TRUSTED_TARGETS=my_pkg``.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import hydra
 from omegaconf import open_dict
 
 import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
+from diffusion_policy_mlx import config_trust
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
@@ -36,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "overrides",
         nargs="*",
-        help="key=value changes to the stored config, e.g. task.env_runner.n_test=5",
+        help="key=value changes to the stored config, e.g. task.env_runner.n_test=5; "
+        "trusted_targets=[my_pkg] lets the config build targets under module prefix my_pkg",
     )
     return parser.parse_args(argv)
 
@@ -50,20 +54,24 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"eval.py: {output_dir} exists and is not empty; pass --overwrite or a new -o")
         if input(f"Output path {output_dir} already exists! Overwrite? [y/N] ").lower() != "y":
             sys.exit("aborted")
-    output_dir.mkdir(parents=True, exist_ok=True)
 
+    overrides, trusted = config_trust.split_trusted_overrides(args.overrides)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt.cfg
     with open_dict(cfg):
         cfg.training.device = args.device
-        cfg.merge_with_dotlist(args.overrides)
-    cls = hydra.utils.get_class(cfg._target_)
+        cfg.merge_with_dotlist(overrides)
+    cls = config_trust.workspace_class(cfg, ckpt.path, trusted)
+    if not issubclass(cls, BaseWorkspace):
+        sys.exit(f"eval.py: {ckpt.path} names {cls.__name__}, which is not a workspace")
+    output_dir.mkdir(parents=True, exist_ok=True)
     workspace: BaseWorkspace = cls(cfg, output_dir=output_dir)
     workspace.load_payload(ckpt)
 
     policy = workspace.ema_model if cfg.training.use_ema else workspace.model
     policy.eval()
-    env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(output_dir))
+    # the workspace's copy, whose upstream target names are translated
+    env_runner = hydra.utils.instantiate(workspace.cfg.task.env_runner, output_dir=str(output_dir))
     runner_log = env_runner.run(policy)
 
     # Videos arrive as mp4 paths; every other entry is a number.

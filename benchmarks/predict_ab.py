@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
+from diffusion_policy_mlx.config_trust import workspace_class
 from diffusion_policy_mlx.policy.diffusion_common import CompiledStepCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +54,7 @@ def trained_policy(
         cfg.training.device = device
         if zarr_path is not None:
             cfg.task.dataset.zarr_path = zarr_path
-    workspace = hydra.utils.get_class(cfg._target_)(cfg, output_dir="/tmp/predict_ab")
+    workspace = workspace_class(cfg, ckpt.path)(cfg, output_dir="/tmp/predict_ab")
     workspace.load_payload(ckpt)
     policy = workspace.ema_model if cfg.training.use_ema else workspace.model
     dataset = hydra.utils.instantiate(cfg.task.dataset)

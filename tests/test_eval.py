@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crafted_checkpoint import craft, evil_module
 from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, load_checkpoint
+from diffusion_policy_mlx.config_compat import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EVAL = [
@@ -111,6 +113,7 @@ def test_eval_rolls_out_the_ema_policy(checkpoint, tmp_path, monkeypatch):
             "-d",
             "cpu",
             "task.env_runner._target_=recording_runner.RecordingRunner",
+            "trusted_targets=[recording_runner]",
         ]
     )
     assert log == {"test/mean_score": 0.25}
@@ -148,3 +151,45 @@ def test_eval_on_a_damaged_checkpoint_names_the_damage(checkpoint, tmp_path):
     eval_module = _load_eval_module()
     with pytest.raises(CheckpointError, match=r"damaged\.ckpt is truncated: tensor '.+' ends at"):
         eval_module.main(["-c", str(damaged), "-o", str(tmp_path / "out")])
+
+
+def test_eval_overrides_go_through_the_target_check(checkpoint, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    name = evil_module(tmp_path, "dp_mlx_evil_override", marker)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    args = ["-c", str(checkpoint), "-o", str(out), f"task.env_runner._target_={name}.run"]
+    with pytest.raises(ConfigError, match=f"task.env_runner._target_: '{name}.run'"):
+        _load_eval_module().main(args)
+    assert name not in sys.modules and not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["top", "scheduler"])
+def test_eval_refuses_a_checkpoint_that_runs_code(checkpoint, tmp_path, monkeypatch, where):
+    marker = tmp_path / "ran"
+    name = evil_module(tmp_path, f"dp_mlx_evil_{where}", marker)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pth = tmp_path / "site.pth"
+
+    def hostile(cfg):
+        if where == "top":
+            cfg["_target_"] = f"{name}.run"
+        else:
+            cfg["policy"]["noise_scheduler"] = {
+                "_target_": "pathlib.Path.write_text",
+                "self": str(pth),
+                "data": f"import {name}",
+            }
+        return cfg
+
+    crafted = craft(checkpoint, tmp_path / "crafted.ckpt", config=hostile)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as info:
+        _load_eval_module().main(["-c", str(crafted), "-o", str(out)])
+    key, target = {
+        "top": ("_target_", f"{name}.run"),
+        "scheduler": ("policy.noise_scheduler._target_", "pathlib.Path.write_text"),
+    }[where]
+    assert f"  {key}: {target!r}" in str(info.value)
+    assert name not in sys.modules and not marker.exists() and not pth.exists()
+    assert not out.exists()

@@ -2,22 +2,30 @@
 
 A checkpoint holds tensors namespaced by owner (``model.``, ``ema_model.``, ``optimizer.``,
 ``rng.``) and string metadata: the resolved config as YAML, a JSON ``state`` (epoch,
-global_step, RNG states, LR-scheduler and top-k bookkeeping) and a CRC-32 of every tensor.
+global_step, RNG states, LR-scheduler and top-k bookkeeping), a CRC-32 of every tensor and a
+SHA-256 ``digest`` of all the other metadata and of every tensor's name, dtype and shape.
 Writes go to a temporary file that is renamed over the target, so a crash never leaves a
 half-written ``latest.ckpt``. Loading checks the file's structure and checksums and names the
 damage; loading into a module checks every key and shape and names the mismatches.
+
+The stored config is read as untrusted data (:func:`~diffusion_policy_mlx.config_trust.\
+parse_stored_config`); what it may build is decided where it is built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import mlx.core as mx
@@ -27,12 +35,21 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_policy_mlx.config_compat import ConfigError
+from diffusion_policy_mlx.config_trust import parse_stored_config
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
+log = logging.getLogger(__name__)
+
 FORMAT = "diffusion_policy_mlx.checkpoint"
-VERSION = 1
+# 2: metadata covered by ``digest``. Version 1 files are read with a warning.
+VERSION = 2
 # A safetensors header beyond this is certainly not one of ours: the file is something else.
 _MAX_HEADER_BYTES = 100 * 2**20
+# The stored config (as it is escaped into the header) may take this much of it: the rest is
+# room for the state, the checksums and the tensor table. Configs are a few KB; this bounds
+# the time a config takes to write and to read back (about a second a MB).
+MAX_CONFIG_BYTES = 4 * 2**20
 _TMP_SUFFIX = ".tmp.safetensors"
 
 
@@ -70,6 +87,40 @@ def _crc32(array: mx.array) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(array).data):08x}"
 
 
+def _metadata_digest(metadata: Mapping[str, Any], tensors: Mapping[str, mx.array]) -> str:
+    """SHA-256 of every metadata entry but the digest itself, and of each tensor's name, dtype
+    and shape (the CRC-32s cover the tensors' bytes, not how they are read)."""
+    covered = {
+        "metadata": {k: v for k, v in metadata.items() if k != "digest"},
+        "tensors": {k: [str(v.dtype), list(v.shape)] for k, v in tensors.items()},
+    }
+    return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
+
+
+def _header_bytes(text: str) -> int:
+    """Bytes ``text`` takes as a JSON string in a safetensors header."""
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def check_config_size(cfg: DictConfig) -> None:
+    """Refuse a config too large for a checkpoint this package can read back, before a run
+    trains for an epoch and then cannot save (or resume) it."""
+    # JSON is cheap to write, YAML is not (a 100 MB string takes minutes); the two differ by
+    # less than 2x, so JSON decides all but configs near the limit
+    size = len(json.dumps(OmegaConf.to_container(cfg, resolve=True), ensure_ascii=False))
+    if size < MAX_CONFIG_BYTES // 2:
+        return
+    if size <= 2 * MAX_CONFIG_BYTES:
+        size = _header_bytes(OmegaConf.to_yaml(cfg, resolve=True))
+        if size <= MAX_CONFIG_BYTES:
+            return
+    raise ConfigError(
+        f"the resolved config takes about {size / 2**20:.1f} MiB in a checkpoint; checkpoints "
+        f"hold at most {MAX_CONFIG_BYTES / 2**20:.0f} MiB of config. Look for a very large "
+        "value (a long string or list) and move that data to a file the config names."
+    )
+
+
 def save_checkpoint(
     path: str | Path,
     tensors: Mapping[str, mx.array],
@@ -78,12 +129,14 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically: a temporary file in the same folder, then a rename.
 
-    ``state`` must be JSON-serializable; ``cfg`` is stored resolved, as YAML.
+    ``state`` must be JSON-serializable; ``cfg`` is stored resolved, as YAML. A checkpoint
+    that :func:`load_checkpoint` would refuse as too large is not written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = dict(tensors)
     mx.eval(list(tensors.values()))
+    check_config_size(cfg)
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -91,6 +144,14 @@ def save_checkpoint(
         "state": json.dumps(state),
         "crc32": json.dumps({k: _crc32(v) for k, v in tensors.items()}),
     }
+    metadata["digest"] = _metadata_digest(metadata, tensors)
+    # each tensor's entry: its name, dtype, shape and offsets
+    header = sum(_header_bytes(v) for v in metadata.values()) + 128 * len(tensors)
+    if header > _MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"not writing {path}: its header would take {header} bytes, more than the "
+            f"{_MAX_HEADER_BYTES} a checkpoint may have"
+        )
     for stale in path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"):
         # Left by a process killed mid-write; never a complete checkpoint.
         stale.unlink(missing_ok=True)
@@ -138,19 +199,31 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} has a corrupt header: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt header: not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt header: metadata is not a mapping")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is a safetensors file but not a diffusion_policy_mlx checkpoint "
-            f"(metadata format={meta.get('format')!r}, expected {FORMAT!r})"
+            f"{path} is a safetensors file but not a diffusion_policy_mlx checkpoint, or its "
+            f"metadata is corrupt (format={meta.get('format')!r}, expected {FORMAT!r})"
         )
-    if int(meta.get("version", -1)) > VERSION:
+    version = meta.get("version")
+    if not (isinstance(version, str) and version.isdigit() and int(version) >= 1):
+        raise CheckpointError(f"checkpoint {path} has a corrupt format version {version!r}")
+    if int(version) > VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format version {meta['version']}; this diffusion_policy_mlx "
+            f"checkpoint {path} has format version {version}; this diffusion_policy_mlx "
             f"reads up to version {VERSION}: upgrade the package"
         )
     data_size = size - 8 - header_len
-    ends = {name: info["data_offsets"][1] for name, info in header.items()}
+    try:
+        ends = {name: int(info["data_offsets"][1]) for name, info in header.items()}
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise CheckpointError(
+            f"checkpoint {path} has a corrupt header: a tensor entry has no data offsets"
+        ) from None
     for name, end in sorted(ends.items(), key=lambda kv: kv[1]):
         if end > data_size:
             raise CheckpointError(
@@ -172,13 +245,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     meta = _read_header(path)
-    tensors = mx.load(str(path), format="safetensors")
+    try:
+        tensors = mx.load(str(path), format="safetensors")
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has a corrupt tensor table: {e}") from None
+    _verify_digest(path, meta, tensors)
     try:
         checksums = json.loads(meta["crc32"])
         state = json.loads(meta["state"])
-        cfg = OmegaConf.create(meta["config"])
-    except (KeyError, json.JSONDecodeError, ValueError) as e:
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e!r}") from None
+    if not (isinstance(checksums, dict) and isinstance(state, dict)):
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: state or crc32 malformed")
+    try:
+        cfg = parse_stored_config(meta.get("config", ""))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     if set(checksums) != set(tensors):
         raise CheckpointError(
             f"checkpoint {path} is corrupt: its tensor list does not match its checksum list "
@@ -191,6 +273,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "check (bit rot or a damaged copy); use another checkpoint"
         )
     return Checkpoint(path=path, tensors=tensors, cfg=cfg, state=state)
+
+
+def _verify_digest(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, mx.array]) -> None:
+    if int(meta["version"]) == 1 and "digest" not in meta:
+        log.warning(
+            "checkpoint %s predates metadata checksums (format version 1): its config, counters "
+            "and random states cannot be verified. The next checkpoint a resumed run writes "
+            "has them.",
+            path,
+        )
+        return
+    if meta.get("digest") != _metadata_digest(meta, tensors) or int(meta["version"]) == 1:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its metadata (config, counters, random states, "
+            "top-k map or tensor table) fails its SHA-256 check (bit rot or a damaged or edited "
+            "copy); use another checkpoint"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,11 +472,42 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# What one replacement field of ``checkpoint.topk.format_str`` may become: a formatted number
+# (digits, sign, point, exponent, padding, thousands separators, percent), nan or inf.
+_TOPK_FIELD = r"[-+ ]*(?:[0-9][0-9.,_eE+\- ]*%?|nan%?|inf%?)"
+
+
+def _topk_name_pattern(format_str: str) -> re.Pattern[str]:
+    """The file names ``format_str`` formats numbers into: its literal text, numbers between."""
+    if Path(format_str).name != format_str or "\\" in format_str:
+        raise ValueError(
+            f"checkpoint.topk.format_str={format_str!r} must be a file name (checkpoints are "
+            "saved in the run's checkpoints/ folder), with no folder in it"
+        )
+    parts, fields = [], 0
+    for literal, field, _, _ in Formatter().parse(format_str):
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append(_TOPK_FIELD)
+            fields += 1
+    if not fields:
+        raise ValueError(
+            f"checkpoint.topk.format_str={format_str!r} has no {{field}}: every top-k "
+            "checkpoint would get the same name"
+        )
+    return re.compile("".join(parts), re.IGNORECASE)
+
+
 class TopKCheckpointManager:
     """Keep the ``k`` best checkpoints by ``monitor_key`` (upstream's manager, resumable).
 
     ``get_ckpt_path(metrics)`` returns the path to save the new checkpoint under, deleting the
     one it displaces, or None when the new one does not make the top ``k``.
+
+    The bookkeeping holds file names, not paths: a run folder that is moved or copied keeps
+    working on its own files. Only files in ``save_dir`` whose names ``format_str`` can produce
+    are ever deleted; a restored entry that is anything else (an absolute path from an older
+    checkpoint is reduced to its name) is dropped with a warning and its file left alone.
     """
 
     def __init__(
@@ -397,32 +527,56 @@ class TopKCheckpointManager:
         self.mode = mode
         self.k = k
         self.format_str = format_str
-        self.path_value_map: dict[str, float] = {}
+        self.name_pattern = _topk_name_pattern(format_str)
+        self.name_value_map: dict[str, float] = {}
 
     def get_ckpt_path(self, data: Mapping[str, Any]) -> str | None:
         if self.k == 0:
             return None
         value = float(data[self.monitor_key])
-        ckpt_path = str(self.save_dir / self.format_str.format(**data))
-        if len(self.path_value_map) < self.k:
-            self.path_value_map[ckpt_path] = value
-            return ckpt_path
-        ranked = sorted(self.path_value_map.items(), key=lambda kv: kv[1])
+        name = self.format_str.format(**data)
+        if not self.name_pattern.fullmatch(name):
+            raise ValueError(
+                f"checkpoint.topk.format_str={self.format_str!r} gave {name!r}: its fields must "
+                "be numbers (epoch, global_step or a logged metric)"
+            )
+        if len(self.name_value_map) < self.k:
+            self.name_value_map[name] = value
+            return str(self.save_dir / name)
+        ranked = sorted(self.name_value_map.items(), key=lambda kv: kv[1])
         if self.mode == "max":
-            worst_path, worst_value = ranked[0]
+            worst_name, worst_value = ranked[0]
             better = value > worst_value
         else:
-            worst_path, worst_value = ranked[-1]
+            worst_name, worst_value = ranked[-1]
             better = value < worst_value
         if not better:
             return None
-        del self.path_value_map[worst_path]
-        self.path_value_map[ckpt_path] = value
-        Path(worst_path).unlink(missing_ok=True)
-        return ckpt_path
+        del self.name_value_map[worst_name]
+        self.name_value_map[name] = value
+        # a plain name matching the format (checked on entry): a file of this folder only
+        (self.save_dir / worst_name).unlink(missing_ok=True)
+        return str(self.save_dir / name)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"path_value_map": dict(self.path_value_map)}
+        return {"name_value_map": dict(self.name_value_map)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.path_value_map = {str(k): float(v) for k, v in state["path_value_map"].items()}
+        # "path_value_map": checkpoints before format version 2 kept absolute paths
+        entries = state.get("name_value_map", state.get("path_value_map")) or {}
+        self.name_value_map = {}
+        for entry, value in dict(entries).items():
+            entry = str(entry)
+            name = Path(entry).name if Path(entry).is_absolute() else entry
+            if self.name_pattern.fullmatch(name) and isinstance(value, int | float):
+                self.name_value_map[name] = float(value)
+            else:
+                log.warning(
+                    "top-k bookkeeping: ignoring entry %r (value %r): not a name "
+                    "checkpoint.topk.format_str=%r gives to a file in %s; that file, if any, "
+                    "is left alone",
+                    entry,
+                    value,
+                    self.format_str,
+                    self.save_dir,
+                )

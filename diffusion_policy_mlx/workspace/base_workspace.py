@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_policy_mlx import config_trust
 from diffusion_policy_mlx.common import checkpoint_util, cpu_streams, distributed
 from diffusion_policy_mlx.common.checkpoint_util import (
     Checkpoint,
@@ -278,9 +279,13 @@ class BaseWorkspace:
         return checkpoint_util.save_checkpoint(path, tensors, self.cfg, state)
 
     def load_checkpoint(self, path: str | Path | None = None, tag: str = "latest") -> Checkpoint:
-        """Load ``path`` (default ``checkpoints/<tag>.ckpt``) into this workspace."""
+        """Load ``path`` (default ``checkpoints/<tag>.ckpt``) into this workspace.
+
+        Its stored config may name only targets :mod:`~diffusion_policy_mlx.config_trust`
+        admits, or those this workspace's own (trusted) config names or trusts."""
         path = self.get_checkpoint_path(tag) if path is None else Path(path)
         ckpt = checkpoint_util.load_checkpoint(path)
+        config_trust.check_stored_config(ckpt.cfg, path, config_trust.trusted_by(self.cfg))
         self.load_payload(ckpt)
         return ckpt
 
@@ -316,11 +321,17 @@ class BaseWorkspace:
 
     @classmethod
     def create_from_checkpoint(
-        cls, path: str | Path, output_dir: str | Path | None = None
+        cls,
+        path: str | Path,
+        output_dir: str | Path | None = None,
+        trusted_targets: Sequence[str] = (),
     ) -> BaseWorkspace:
-        """A workspace rebuilt from the config stored in ``path``, with its state loaded."""
+        """A workspace rebuilt from the config stored in ``path``, with its state loaded.
+
+        Every ``_target_`` in that config is checked (:mod:`~diffusion_policy_mlx.config_trust`)
+        before anything is imported; ``trusted_targets`` are module prefixes to admit too."""
         ckpt = checkpoint_util.load_checkpoint(path)
-        workspace_cls = hydra.utils.get_class(ckpt.cfg._target_)
+        workspace_cls = config_trust.workspace_class(ckpt.cfg, ckpt.path, trusted_targets)
         if not issubclass(workspace_cls, cls):
             raise TypeError(f"{path} holds a {workspace_cls.__name__}, not a {cls.__name__}")
         workspace = workspace_cls(ckpt.cfg, output_dir=output_dir)
@@ -359,6 +370,7 @@ class BaseWorkspace:
     def run(self) -> None:
         """Train for ``training.num_epochs`` epochs (in total, across resumes)."""
         cfg = copy.deepcopy(self.cfg)
+        checkpoint_util.check_config_size(cfg)  # a run that could not save must not start
         latest = self.get_checkpoint_path()
         resumed = bool(cfg.training.resume) and latest.is_file()
         if resumed:

@@ -1,4 +1,6 @@
 import json
+import logging
+import os
 import random
 import struct
 
@@ -6,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from crafted_checkpoint import craft, save_raw
 from mlx.utils import tree_flatten
 from omegaconf import OmegaConf
 
@@ -15,7 +18,7 @@ from diffusion_policy_mlx.common.checkpoint_util import (
     CheckpointMismatchError,
     TopKCheckpointManager,
 )
-from diffusion_policy_mlx.config_compat import AdamW
+from diffusion_policy_mlx.config_compat import AdamW, ConfigError
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 
@@ -264,3 +267,205 @@ def test_topk_keeps_best_and_resumes(tmp_path):
     assert low.get_ckpt_path({"val_loss": 3.0}) is None
     assert low.get_ckpt_path({"val_loss": 1.0}).endswith("1.0.ckpt")
     assert TopKCheckpointManager(tmp_path, "x", k=0).get_ckpt_path({"x": 1}) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata checksum, limits and the stored config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_flipped_global_step_digit_is_refused(tmp_path):
+    model, optimizer = _trained()
+    path = _save(tmp_path / "latest.ckpt", model, optimizer, {"epoch": 5, "global_step": 15})
+    data = path.read_bytes()
+    assert data.count(b'global_step\\": 15') == 1
+    path.write_bytes(data.replace(b'global_step\\": 15', b'global_step\\": 25'))
+    with pytest.raises(CheckpointError, match="metadata .*fails its SHA-256 check") as info:
+        cu.load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_every_flipped_header_byte_is_refused(saved):
+    """Config, state, checksums, tensor table, length field: no single flipped byte loads."""
+    data = saved.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    for i in range(0, 8 + header_len, 9):
+        damaged = bytearray(data)
+        damaged[i] ^= (0x01, 0x10, 0x80)[i % 3]
+        saved.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=str(saved)):
+            cu.load_checkpoint(saved)
+
+
+def _as_version_1(path, tmp_path, keep_digest=False):
+    arrays, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
+    metadata["version"] = "1"
+    if not keep_digest:
+        del metadata["digest"]
+    return save_raw(tmp_path / "v1.ckpt", arrays, metadata)
+
+
+def test_version_1_checkpoints_load_with_a_warning(saved, tmp_path, caplog):
+    old = _as_version_1(saved, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        ckpt = cu.load_checkpoint(old)
+    assert ckpt.state["global_step"] == 17
+    assert "predates metadata checksums (format version 1)" in caplog.text
+    # a version field flipped from 2 to 1 does not skip the check
+    with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
+        cu.load_checkpoint(_as_version_1(saved, tmp_path, keep_digest=True))
+
+
+def test_oversize_config_is_refused_before_anything_is_written(tmp_path):
+    model, optimizer = _trained()
+    tensors = cu.module_tensors(model, "model")
+    # the 110 MB string of a real report: refused at once, without writing YAML
+    huge = OmegaConf.create({"policy": {"notes": "x" * 110_000_000}})
+    with pytest.raises(ConfigError, match=r"about 104\.9 MiB in a checkpoint.*at most 4 MiB"):
+        cu.check_config_size(huge)
+    with pytest.raises(ConfigError, match="very large value"):
+        cu.save_checkpoint(tmp_path / "latest.ckpt", tensors, huge, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_and_reader_agree_on_limits(tmp_path, monkeypatch):
+    model, _ = _trained()
+    tensors = cu.module_tensors(model, "model")
+    monkeypatch.setattr(cu, "MAX_CONFIG_BYTES", 2**16)
+    # near the limit the YAML decides: a control character takes 5 header bytes (\\x01, escaped)
+    over = OmegaConf.create({"notes": "\x01" * 14_000})
+    with pytest.raises(ConfigError, match="at most 0 MiB"):
+        cu.check_config_size(over)
+    near = OmegaConf.create({"notes": "\x01" * 10_000})
+    path = cu.save_checkpoint(tmp_path / "near.ckpt", tensors, near, {})
+    assert cu.load_checkpoint(path).cfg.notes == "\x01" * 10_000
+    # whatever else grows the header: the writer refuses what the reader would
+    monkeypatch.setattr(cu, "_MAX_HEADER_BYTES", 2**16)
+    with pytest.raises(CheckpointError, match="not writing .*big.ckpt: its header would take"):
+        cu.save_checkpoint(tmp_path / "big.ckpt", tensors, CFG, {"topk": ["x" * 2**16]})
+    assert not (tmp_path / "big.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+            + "policy: *i\n",
+            "uses a YAML alias",
+        ),
+        ("policy: ${oc.env:HOME}\n", "key policy: .* calls the resolver.*oc.env"),
+        (
+            "policy: {x: '${eval:${oc.decode:\"{_target_: os.system}\"}}'}\n",
+            "key policy.x: .* oc.decode",
+        ),
+        ("policy: " + "[" * 100 + "]" * 100 + "\n", "nested more than 64 levels"),
+        ("- policy\n", "not a mapping"),
+    ],
+)
+def test_unsafe_stored_config_is_refused_on_load(saved, tmp_path, config, message):
+    crafted = craft(saved, tmp_path / "crafted.ckpt", config=lambda _: config)
+    with pytest.raises(CheckpointError, match=message) as info:
+        cu.load_checkpoint(crafted)
+    assert str(crafted) in str(info.value)
+
+
+def test_stored_config_may_use_eval_and_references(saved, tmp_path):
+    config = "n: 3\nm: '${eval:''${n}*2''}'\nk: ${n}\nlit: '\\${oc.env:HOME}'\n"
+    ckpt = cu.load_checkpoint(craft(saved, tmp_path / "ok.ckpt", config=lambda _: config))
+    assert (ckpt.cfg.m, ckpt.cfg.k, ckpt.cfg.lit) == (6, 3, "${oc.env:HOME}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k bookkeeping never deletes outside the run's checkpoints/ folder
+# ---------------------------------------------------------------------------------------------
+
+FMT = "epoch={epoch:04d}-test_mean_score={test_mean_score:.3f}.ckpt"
+
+
+def _manager(save_dir, k=1):
+    return TopKCheckpointManager(save_dir, "test_mean_score", mode="max", k=k, format_str=FMT)
+
+
+def test_topk_state_holds_names_only(tmp_path):
+    manager = _manager(tmp_path / "checkpoints", k=2)
+    path = manager.get_ckpt_path({"epoch": 1, "test_mean_score": 0.5})
+    assert path == str(tmp_path / "checkpoints" / "epoch=0001-test_mean_score=0.500.ckpt")
+    assert manager.state_dict() == {
+        "name_value_map": {"epoch=0001-test_mean_score=0.500.ckpt": 0.5}
+    }
+
+
+def test_crafted_topk_map_deletes_nothing_outside(tmp_path, caplog):
+    save_dir, outside = tmp_path / "run" / "checkpoints", tmp_path / "outside"
+    save_dir.mkdir(parents=True)
+    outside.mkdir()
+    victims = {
+        name: outside / name
+        for name in ("epoch=0001-test_mean_score=0.100.ckpt", "notes.txt", "linked.ckpt")
+    }
+    for victim in victims.values():
+        victim.write_text("keep")
+    (save_dir / "latest.ckpt").write_text("keep")
+    (save_dir / "notes.txt").write_text("keep")
+    link = save_dir / "epoch=0002-test_mean_score=0.000.ckpt"
+    os.symlink(victims["linked.ckpt"], link)
+    crafted = {
+        str(victims["epoch=0001-test_mean_score=0.100.ckpt"]): 0.1,  # absolute, outside
+        "../../outside/notes.txt": 0.0,
+        "../outside/epoch=0001-test_mean_score=0.100.ckpt": 0.0,
+        "latest.ckpt": 0.0,
+        "notes.txt": 0.0,
+        link.name: 0.0,
+        "epoch=0003-test_mean_score=0.200.ckpt": "not a number",
+    }
+    manager = _manager(save_dir, k=len(crafted))
+    with caplog.at_level(logging.WARNING):
+        manager.load_state_dict({"name_value_map": crafted})
+    assert "ignoring entry '../../outside/notes.txt'" in caplog.text
+    assert set(manager.name_value_map) == {
+        "epoch=0001-test_mean_score=0.100.ckpt",
+        "epoch=0002-test_mean_score=0.000.ckpt",
+    }
+    manager.k = 1
+    for epoch in (10, 11, 12):
+        manager.get_ckpt_path({"epoch": epoch, "test_mean_score": 0.9 + epoch / 100})
+    assert all(v.read_text() == "keep" for v in victims.values())
+    assert (save_dir / "latest.ckpt").read_text() == "keep"
+    assert (save_dir / "notes.txt").read_text() == "keep"
+    assert not link.is_symlink()  # the link itself was a top-k file of this folder
+
+
+def test_copied_run_folder_never_touches_the_original(tmp_path):
+    """A checkpoint written before names-only bookkeeping holds absolute paths into run A."""
+    a_dir, b_dir = tmp_path / "A" / "checkpoints", tmp_path / "B" / "checkpoints"
+    a_dir.mkdir(parents=True)
+    names = ["epoch=0001-test_mean_score=0.100.ckpt", "epoch=0002-test_mean_score=0.200.ckpt"]
+    for name in names:
+        (a_dir / name).write_text("A")
+    legacy = {"path_value_map": {str(a_dir / names[0]): 0.1, str(a_dir / names[1]): 0.2}}
+    b_dir.parent.mkdir()
+    os.system(f"cp -r {a_dir} {b_dir}")
+    manager = _manager(b_dir, k=2)
+    manager.load_state_dict(legacy)
+    path = manager.get_ckpt_path({"epoch": 3, "test_mean_score": 0.3})
+    assert path == str(b_dir / "epoch=0003-test_mean_score=0.300.ckpt")
+    assert sorted(p.name for p in a_dir.iterdir()) == names
+    assert sorted(p.name for p in b_dir.iterdir()) == names[1:]
+
+
+@pytest.mark.parametrize(
+    "format_str, message",
+    [
+        ("../epoch={epoch:04d}.ckpt", "must be a file name"),
+        ("/tmp/epoch={epoch:04d}.ckpt", "must be a file name"),
+        ("latest.ckpt", "has no {field}"),
+    ],
+)
+def test_topk_format_must_name_a_file_of_the_folder(tmp_path, format_str, message):
+    with pytest.raises(ValueError, match=message):
+        TopKCheckpointManager(tmp_path, "x", format_str=format_str)

@@ -1,19 +1,21 @@
 import copy
 import logging
+import sys
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from crafted_checkpoint import craft, evil_module
 from hydra import compose, initialize_config_dir
 from mlx.optimizers import SGD
 from mlx.utils import tree_flatten
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from diffusion_policy_mlx.common import cpu_streams
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
-from diffusion_policy_mlx.config_compat import AdamW
+from diffusion_policy_mlx.config_compat import AdamW, ConfigError
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
 from diffusion_policy_mlx.workspace import base_workspace
@@ -301,6 +303,55 @@ def test_run_refuses_a_damaged_latest_checkpoint(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r"latest\.ckpt is truncated"):
         workspace.run()
+
+
+def _write_text_scheduler(target: Path) -> dict:
+    return {"_target_": "pathlib.Path.write_text", "self": str(target), "data": "import os"}
+
+
+def test_checkpoint_that_writes_a_file_is_refused(tmp_path):
+    saved = _trained_workspace(tmp_path).save_checkpoint()
+    pth = tmp_path / "evil.pth"
+
+    def hostile(cfg):
+        cfg["policy"]["noise_scheduler"] = _write_text_scheduler(pth)
+        return cfg
+
+    crafted = craft(saved, tmp_path / "crafted.ckpt", config=hostile)
+    with pytest.raises(ConfigError) as info:
+        BaseWorkspace.create_from_checkpoint(crafted, output_dir=tmp_path / "out")
+    assert "policy.noise_scheduler._target_: 'pathlib.Path.write_text'" in str(info.value)
+    assert str(crafted) in str(info.value)
+    assert not pth.exists() and not (tmp_path / "out").exists()
+
+
+def test_resume_checks_the_stored_config(tmp_path, monkeypatch):
+    workspace = _trained_workspace(tmp_path)
+    saved = workspace.save_checkpoint()
+    marker = tmp_path / "ran"
+    name = evil_module(tmp_path, "dp_mlx_evil_resume", marker)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def hostile(cfg):
+        cfg["_target_"] = f"{name}.run"
+        cfg["trusted_targets"] = [name]  # a stored config cannot trust itself
+        return cfg
+
+    craft(saved, saved, config=hostile)
+    with pytest.raises(ConfigError, match=f"  _target_: '{name}.run'"):
+        workspace.run()
+    assert name not in sys.modules and not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", f"{name}.py"]
+
+
+def test_run_refuses_an_oversize_config_at_start(tmp_path):
+    cfg = _cfg()
+    with open_dict(cfg):
+        cfg.task.notes = "x" * 20_000_000
+    workspace = TrainDiffusionUnetLowdimWorkspace(cfg, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="MiB in a checkpoint"):
+        workspace.run()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_wandb_falls_back_to_offline_without_network(tmp_path, monkeypatch, caplog):
