@@ -245,6 +245,37 @@ def test_upstream_yaml_runs_unmodified(tmp_path, pusht_zarr, upstream_config_dir
     assert cfg._target_.startswith("diffusion_policy_mlx.workspace.")
 
 
+def test_copied_run_folder_resumes_without_touching_the_original(tmp_path, pusht_zarr):
+    name = "train_diffusion_unet_lowdim_workspace"
+    # every epoch displaces the last top-k checkpoint (k=1, the highest global_step wins)
+    extra = [
+        "training.debug=False",
+        "training.max_train_steps=1",
+        "training.max_val_steps=1",
+        "training.checkpoint_every=1",
+        "training.rollout_every=1000",
+        "training.sample_every=1000",
+        "checkpoint.topk.monitor_key=global_step",
+        "checkpoint.topk.mode=max",
+        "checkpoint.topk.k=1",
+        "checkpoint.topk.format_str='epoch={epoch:04d}-global_step={global_step:.3f}.ckpt'",
+    ]
+    a, b = tmp_path / "A", tmp_path / "B"
+    run_train(train_args(name, a, pusht_zarr, *extra, "training.num_epochs=2"))
+    before = {p.name: p.read_bytes() for p in (a / "checkpoints").iterdir()}
+    assert sorted(before) == ["epoch=0001-global_step=1.000.ckpt", "latest.ckpt"]
+    shutil.copytree(a, b)
+
+    run_train(train_args(name, b, pusht_zarr, *extra, "training.num_epochs=4"))
+    assert {p.name: p.read_bytes() for p in (a / "checkpoints").iterdir()} == before
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == [
+        "epoch=0003-global_step=3.000.ckpt",
+        "latest.ckpt",
+    ]
+    state = load_checkpoint(b / "checkpoints" / "latest.ckpt").state
+    assert state["topk"] == {"name_value_map": {"epoch=0003-global_step=3.000.ckpt": 3.0}}
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_the_same_run(tmp_path, pusht_zarr):
     name = "train_diffusion_unet_lowdim_workspace"
