@@ -7,8 +7,10 @@ So, before anything it names is imported:
 
 * :func:`parse_stored_config` reads its YAML without YAML aliases (an alias bomb of a few
   hundred bytes expands to millions of nodes), nested at most :data:`MAX_STORED_DEPTH` deep, and
-  with no interpolation resolver but ``eval`` (the bounded arithmetic one: others read the
-  environment or build config nodes, including ``_target_`` s, at instantiation time);
+  with no interpolation: :func:`dump_stored_config` writes configs resolved (literal ``${``
+  escaped), so one in a stored config was put there by hand, and resolving it could run a
+  resolver (``oc.decode`` builds ``_target_`` nodes), read the environment or expand
+  references into millions of nodes;
 * :func:`check_stored_config` admits a ``_target_`` only when it is a literal string that, after
   the upstream aliases of :mod:`~diffusion_policy_mlx.config_compat`, names
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -48,8 +51,9 @@ _BUILDING_BLOCKS = ("workspace", "policy", "model", "schedulers", "dataset", "en
 _PACKAGE_PREFIXES = tuple(f"{PACKAGE}.{name}." for name in _BUILDING_BLOCKS)
 # The targets of the upstream aliases outside those subpackages.
 ALLOWED_CALLABLES = frozenset({f"{PACKAGE}.config_compat.AdamW", "mlx.nn.Identity"})
-SAFE_RESOLVERS = frozenset({"eval"})
 MAX_STORED_DEPTH = 64
+# ``${`` and the backslashes before it
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
 # libyaml's parser where PyYAML was built with it: a hundred times faster
 _YAML_LOADER = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 
@@ -70,15 +74,30 @@ def parse_stored_config(text: str) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"the stored config is a {type(cfg).__name__}, not a mapping")
     for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
-        if isinstance(value, str) and "${" in value:
-            unsafe = sorted(set(_resolvers(value, key)) - SAFE_RESOLVERS)
-            if unsafe:
-                raise ConfigError(
-                    f"stored config key {key}: {value!r} calls the resolver(s) "
-                    f"{', '.join(unsafe)}; a stored config may use only "
-                    f"{', '.join(sorted(SAFE_RESOLVERS))}"
-                )
+        if isinstance(value, str) and "${" in value and _is_interpolation(value, key):
+            raise ConfigError(
+                f"stored config key {key}: {value[:200]!r} is an interpolation; configs are "
+                "stored resolved, so this one was edited by hand"
+            )
     return cfg
+
+
+def dump_stored_config(cfg: DictConfig) -> str:
+    """``cfg`` resolved, as the YAML :func:`parse_stored_config` reads back to the same values:
+    a string that holds ``${`` is escaped so that it stays a string."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_yaml(_escape_interpolations(container))
+
+
+def _escape_interpolations(node: Any) -> Any:
+    if isinstance(node, str):
+        # OmegaConf reads \${ as a literal ${, and \\ before ${ as one backslash
+        return _INTERPOLATION_START.sub(lambda m: m[1] * 2 + "\\${", node)
+    if isinstance(node, dict):
+        return {k: _escape_interpolations(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_interpolations(v) for v in node]
+    return node
 
 
 def _check_yaml_events(text: str) -> None:
@@ -117,21 +136,21 @@ def _leaves(container: Any) -> Iterator[tuple[str, Any]]:
             yield path, node
 
 
-def _resolvers(value: str, key: str) -> list[str]:
-    """Names of the resolvers an interpolation string calls, nested calls included."""
+def _is_interpolation(value: str, key: str) -> bool:
+    """Whether OmegaConf would resolve anything in ``value`` (an escaped ``\\${`` is text)."""
     try:
         tree = grammar_parser.parse(value)
     except (GrammarParseError, RecursionError):
         raise ConfigError(
-            f"stored config key {key}: {value[:200]!r} is not a valid interpolation"
+            f"stored config key {key}: {value[:200]!r} is not a valid config string"
         ) from None
-    names, stack = [], [tree]
+    stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
-            names.append(node.resolverName().getText())
+        if isinstance(node, OmegaConfGrammarParser.InterpolationContext):
+            return True
         stack.extend(getattr(node, "children", None) or ())
-    return names
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_policy_mlx.config_compat import ConfigError
-from diffusion_policy_mlx.config_trust import parse_stored_config
+from diffusion_policy_mlx.config_trust import dump_stored_config, parse_stored_config
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def check_config_size(cfg: DictConfig) -> None:
     if size < MAX_CONFIG_BYTES // 2:
         return
     if size <= 2 * MAX_CONFIG_BYTES:
-        size = _header_bytes(OmegaConf.to_yaml(cfg, resolve=True))
+        size = _header_bytes(dump_stored_config(cfg))
         if size <= MAX_CONFIG_BYTES:
             return
     raise ConfigError(
@@ -140,7 +140,7 @@ def save_checkpoint(
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "config": dump_stored_config(cfg),
         "state": json.dumps(state),
         "crc32": json.dumps({k: _crc32(v) for k, v in tensors.items()}),
     }
