@@ -219,6 +219,8 @@ def workspace_class(cfg: DictConfig, source: Any, trusted: Iterable[str] = ()) -
     """The workspace class a stored config names, imported once every target in the config is
     admitted by :func:`check_stored_config`."""
     check_stored_config(cfg, source, trusted)
+    if "_target_" not in cfg:
+        raise ConfigError(f"the config stored in {source} has no _target_ naming its workspace")
     return hydra.utils.get_class(translate_target(str(cfg._target_)))
 
 

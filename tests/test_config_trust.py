@@ -133,3 +133,8 @@ def test_a_resumed_run_trusts_its_own_config(monkeypatch):
     stored.policy.h._target_ = "my_pkg.other.Thing"
     with pytest.raises(ConfigError, match="'my_pkg.other.Thing'"):
         config_trust.check_stored_config(stored, "latest.ckpt", trusted)
+
+
+def test_a_stored_config_without_a_workspace_is_refused():
+    with pytest.raises(ConfigError, match="x.ckpt has no _target_ naming its workspace"):
+        config_trust.workspace_class(OmegaConf.create({"policy": {}}), "x.ckpt")

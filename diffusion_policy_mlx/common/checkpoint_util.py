@@ -562,10 +562,15 @@ class TopKCheckpointManager:
         return {"name_value_map": dict(self.name_value_map)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # "path_value_map": checkpoints before format version 2 kept absolute paths
-        entries = state.get("name_value_map", state.get("path_value_map")) or {}
+        entries = state
+        if isinstance(state, Mapping):
+            # "path_value_map": checkpoints before format version 2 kept absolute paths
+            entries = state.get("name_value_map", state.get("path_value_map")) or {}
         self.name_value_map = {}
-        for entry, value in dict(entries).items():
+        if not isinstance(entries, Mapping):
+            log.warning("top-k bookkeeping is not a mapping (%r): starting it afresh", entries)
+            return
+        for entry, value in entries.items():
             entry = str(entry)
             name = Path(entry).name if Path(entry).is_absolute() else entry
             if self.name_pattern.fullmatch(name) and isinstance(value, int | float):

@@ -456,6 +456,8 @@ def test_crafted_topk_map_deletes_nothing_outside(tmp_path, caplog):
         "epoch=0001-test_mean_score=0.100.ckpt",
         "epoch=0002-test_mean_score=0.000.ckpt",
     }
+    for malformed in (["x"], {"name_value_map": "x"}):
+        _manager(save_dir).load_state_dict(malformed)  # a warning, nothing else
     manager.k = 1
     for epoch in (10, 11, 12):
         manager.get_ckpt_path({"epoch": epoch, "test_mean_score": 0.9 + epoch / 100})
