@@ -209,6 +209,27 @@ def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, push
     assert not (tmp_path / "run" / "logs.json.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.num_epochs=abc", "training.num_epochs must be an integer >= 0; got 'abc'"),
+        ("training.num_epochs=-1", "training.num_epochs must be an integer >= 0; got -1"),
+        ("training.checkpoint_every=0", "training.checkpoint_every must be an integer >= 1"),
+        ("n_obs_steps=20", "n_obs_steps=20 (policy.n_obs_steps) is larger than horizon=16"),
+        ("n_action_steps=17", "n_action_steps=17 (policy.n_action_steps) does not fit"),
+    ],
+)
+def test_bad_config_fails_before_the_data_loads(tmp_path, override, message):
+    # the data path does not exist: a check after the data loads would report that instead
+    run_dir = tmp_path / "run"
+    args = train_args("train_diffusion_unet_lowdim_workspace", run_dir, tmp_path / "no.zarr")
+    proc = run_train([*args, override], check=False)
+    assert proc.returncode != 0
+    assert "ConfigError: " in proc.stderr and message in proc.stderr
+    assert "Dataset not found" not in proc.stderr
+    assert not (run_dir / "logs.json.txt").exists() and not (run_dir / "checkpoints").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in TINY if n != "train_diffusion_unet_lowdim_workspace"])
 def test_each_workspace_trains_with_rollouts(tmp_path, pusht_zarr, name):

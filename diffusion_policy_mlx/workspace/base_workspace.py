@@ -49,6 +49,7 @@ from diffusion_policy_mlx.model.common.lr_scheduler import get_scheduler
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
+from diffusion_policy_mlx.workspace.config_checks import validate_workspace_config
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class BaseWorkspace:
 
     def __init__(self, cfg: DictConfig, output_dir: str | Path | None = None):
         self.cfg = translate_config(cfg)
+        validate_workspace_config(self.cfg)
         self._output_dir = None if output_dir is None else Path(output_dir)
         self.global_step = 0
         self.epoch = 0
