@@ -8,6 +8,7 @@ out when the run trained one (``training.use_ema``), as upstream does.
 """
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt = load_checkpoint(args.checkpoint)
-    cfg = ckpt.cfg
+    # a copy: load_payload compares the stored config with the effective one
+    cfg = copy.deepcopy(ckpt.cfg)
     with open_dict(cfg):
         cfg.training.device = args.device
         cfg.merge_with_dotlist(args.overrides)

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, load_checkpoint
+from diffusion_policy_mlx.common.checkpoint_util import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EVAL = [
@@ -148,3 +152,27 @@ def test_eval_on_a_damaged_checkpoint_names_the_damage(checkpoint, tmp_path):
     eval_module = _load_eval_module()
     with pytest.raises(CheckpointError, match=r"damaged\.ckpt is truncated: tensor '.+' ends at"):
         eval_module.main(["-c", str(damaged), "-o", str(tmp_path / "out")])
+
+
+def test_eval_reports_what_an_override_changes_in_the_policy(checkpoint, tmp_path):
+    eval_module = _load_eval_module()
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointMismatchError) as error:
+        eval_module.main(["-c", str(checkpoint), "-o", str(out), "policy.model.down_dims=[16,64]"])
+    message = str(error.value)
+    assert "policy.model.down_dims: [16, 32] -> [16, 64]" in message
+    assert "no differences in the policy config" not in message
+    assert not (out / "eval_log.json").exists()
+
+
+def test_eval_warns_about_a_compatible_policy_override(checkpoint, tmp_path, caplog):
+    eval_module = _load_eval_module()
+    out = tmp_path / "out"
+    eval_module.main(
+        ["-c", str(checkpoint), "-o", str(out), "-d", "cpu", "policy.num_inference_steps=2"]
+        + TINY_EVAL
+    )
+    assert "policy.num_inference_steps: 4 -> 2" in caplog.text
+    assert (out / "eval_log.json").is_file()
+    # the checkpoint itself is untouched
+    assert load_checkpoint(checkpoint).cfg.policy.num_inference_steps == 4
