@@ -141,12 +141,16 @@ def _check_blosc_frame(file: Path, what: str, source: str) -> None:
     size = file.stat().st_size
     with file.open("rb") as f:
         header = f.read(BLOSC_HEADER_BYTES)
-    recorded = int.from_bytes(header[12:16], "little") if len(header) == 16 else None
-    if recorded != size:
-        raise DataError(
-            f"Replay buffer {source}: {what} ({file}) is damaged: the file holds {size} bytes "
-            f"but its Blosc header records {recorded}. Re-fetch or re-record the store."
-        )
+    if len(header) < BLOSC_HEADER_BYTES:
+        problem = f"the file holds {size} bytes, less than a Blosc header"
+    elif (recorded := int.from_bytes(header[12:16], "little")) != size:
+        problem = f"the file holds {size} bytes but its Blosc header records {recorded}"
+    else:
+        return
+    raise DataError(
+        f"Replay buffer {source}: {what} ({file}) is damaged: {problem}. Re-fetch or re-record "
+        "the store."
+    )
 
 
 def _first_bad_chunk(array: zarr.Array) -> tuple[int, ...] | None:

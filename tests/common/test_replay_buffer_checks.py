@@ -127,6 +127,11 @@ def test_damaged_zarr_v3_metadata_is_named(tmp_path):
     group.create_array("data/x", data=np.ones((4, 2), np.float32), chunks=(2, 2))
     group.create_array("meta/episode_ends", data=np.array([4]), chunks=(1,))
     assert ReplayBuffer.copy_from_path(path)["x"].shape == (4, 2)
+    chunk = path / "data" / "x" / "c" / "1" / "0"
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    _refused(path, r"chunk 1\.0 of data/x \(rows 2\.\.3\) is missing: .*c/1/0 does not exist")
+    chunk.write_bytes(saved)
     (path / "data" / "x" / "zarr.json").write_text("{")
     message = _refused(path, r"metadata of data/x")
     assert "zarr.json" in message
