@@ -10,6 +10,7 @@ prefixes with ``trusted_targets=[my_pkg]`` or ``DP_MLX_TRUSTED_TARGETS=my_pkg``.
 """
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides, trusted = config_trust.split_trusted_overrides(args.overrides)
     ckpt = load_checkpoint(args.checkpoint)
-    cfg = ckpt.cfg
+    # a copy: load_payload compares the stored config with the effective one
+    cfg = copy.deepcopy(ckpt.cfg)
     with open_dict(cfg):
         cfg.training.device = args.device
         cfg.merge_with_dotlist(overrides)

@@ -21,14 +21,15 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from diffusion_policy_mlx.common.cache_dir import cache_home
+
 GRAPHS_VAR = "MLX_USE_CUDA_GRAPHS"
 PTX_CACHE_VAR = "MLX_PTX_CACHE_DIR"
 
 
 def default_ptx_cache_dir(environ: MutableMapping[str, str] = os.environ) -> Path:
     """``$XDG_CACHE_HOME/diffusion_policy_mlx/ptx``, ``~/.cache/...`` without it."""
-    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "diffusion_policy_mlx" / "ptx"
+    return cache_home(environ) / "ptx"
 
 
 def apply_cuda_defaults(

@@ -13,7 +13,11 @@ import pytest
 from crafted_checkpoint import craft, evil_module
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, load_checkpoint
+from diffusion_policy_mlx.common.checkpoint_util import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+)
 from diffusion_policy_mlx.config_compat import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,3 +197,27 @@ def test_eval_refuses_a_checkpoint_that_runs_code(checkpoint, tmp_path, monkeypa
     assert f"  {key}: {target!r}" in str(info.value)
     assert name not in sys.modules and not marker.exists() and not pth.exists()
     assert not out.exists()
+
+
+def test_eval_reports_what_an_override_changes_in_the_policy(checkpoint, tmp_path):
+    eval_module = _load_eval_module()
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointMismatchError) as error:
+        eval_module.main(["-c", str(checkpoint), "-o", str(out), "policy.model.down_dims=[16,64]"])
+    message = str(error.value)
+    assert "policy.model.down_dims: [16, 32] -> [16, 64]" in message
+    assert "no differences in the policy config" not in message
+    assert not (out / "eval_log.json").exists()
+
+
+def test_eval_warns_about_a_compatible_policy_override(checkpoint, tmp_path, caplog):
+    eval_module = _load_eval_module()
+    out = tmp_path / "out"
+    eval_module.main(
+        ["-c", str(checkpoint), "-o", str(out), "-d", "cpu", "policy.num_inference_steps=2"]
+        + TINY_EVAL
+    )
+    assert "policy.num_inference_steps: 4 -> 2" in caplog.text
+    assert (out / "eval_log.json").is_file()
+    # the checkpoint itself is untouched
+    assert load_checkpoint(checkpoint).cfg.policy.num_inference_steps == 4

@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.common.json_logger import read_json_log
+from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,6 +209,78 @@ def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, push
     assert proc.returncode != 0
     assert "obs" in proc.stderr and "(21,)" in proc.stderr and "(20,)" in proc.stderr
     assert not (tmp_path / "run" / "logs.json.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.num_epochs=abc", "training.num_epochs must be an integer >= 0; got 'abc'"),
+        ("training.num_epochs=-1", "training.num_epochs must be an integer >= 0; got -1"),
+        ("training.checkpoint_every=0", "training.checkpoint_every must be an integer >= 1"),
+        ("n_obs_steps=20", "n_obs_steps=20 (policy.n_obs_steps) is larger than horizon=16"),
+        ("n_action_steps=17", "n_action_steps=17 (policy.n_action_steps) does not fit"),
+    ],
+)
+def test_bad_config_fails_before_the_data_loads(tmp_path, override, message):
+    # the data path does not exist: a check after the data loads would report that instead
+    run_dir = tmp_path / "run"
+    args = train_args("train_diffusion_unet_lowdim_workspace", run_dir, tmp_path / "no.zarr")
+    proc = run_train([*args, override], check=False)
+    assert proc.returncode != 0
+    assert "ConfigError: " in proc.stderr and message in proc.stderr
+    assert "Dataset not found" not in proc.stderr
+    assert not (run_dir / "logs.json.txt").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_at_the_first_bad_step(lowdim_run, tmp_path, pusht_zarr):
+    # a finished 2-epoch run resumed for a third epoch with a learning rate that diverges
+    run_dir = tmp_path / "run"
+    shutil.copytree(lowdim_run, run_dir)
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    saved = latest.read_bytes()
+    args = train_args("train_diffusion_unet_lowdim_workspace", run_dir, pusht_zarr)
+    extra = ["training.debug=False", "training.num_epochs=3", "training.max_train_steps=3"]
+    # (the learning rate is restored from the checkpoint; the weight decay is not)
+    extra += ["training.max_val_steps=1", "optimizer.weight_decay=1e30"]
+    proc = run_train([*args, *extra], check=False)
+    assert proc.returncode != 0
+    match = re.search(
+        r"TrainingDivergedError: Training stopped: train_loss is (nan|inf) at global step (\d+) \(epoch 2\)",
+        proc.stderr,
+    )
+    assert match, proc.stderr[-3000:]
+    assert f"The last good checkpoint is {latest}" in proc.stderr
+    assert latest.read_bytes() == saved  # nothing already written is lost
+    steps = [r["global_step"] for r in read_json_log(run_dir / "logs.json.txt")]
+    assert max(steps) < int(match[2])  # the bad step was not logged
+
+
+def _tiny_lowdim_store(path: Path, bad_row: int | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer.create_empty_numpy()
+    for n in (20, 20, 20):
+        buffer.add_episode(
+            {
+                "keypoint": rng.uniform(0, 512, size=(n, 9, 2)).astype(np.float32),
+                "state": rng.uniform(0, 512, size=(n, 5)).astype(np.float32),
+                "action": rng.uniform(0, 512, size=(n, 2)).astype(np.float32),
+            }
+        )
+    if bad_row is not None:
+        buffer["action"][bad_row, 1] = np.nan
+    return buffer.save_to_path(path)
+
+
+def test_bad_data_stops_the_run_before_the_first_step(tmp_path):
+    zarr = _tiny_lowdim_store(tmp_path / "nan.zarr", bad_row=25)
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        train_args("train_diffusion_unet_lowdim_workspace", run_dir, zarr), check=False
+    )
+    assert proc.returncode != 0
+    assert "DataError" in proc.stderr, proc.stderr[-3000:]
+    assert "data/action holds nan at row 25 (episode 1, step 5)" in proc.stderr
+    assert not (run_dir / "logs.json.txt").exists() and not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ import numpy as np
 import zarr
 from numcodecs.abc import Codec
 
+from diffusion_policy_mlx.common import zarr_checks
+from diffusion_policy_mlx.common.data_checks import check_episode_ends, check_finite
+
 ArrayLike = np.ndarray | zarr.Array
 NumpyRoot = dict[str, dict[str, np.ndarray]]
 Compressor = Codec | Literal["default", "disk"] | None
@@ -32,6 +35,9 @@ Chunks = tuple[int, ...] | dict[str, tuple[int, ...]] | None
 
 # A chunk of about this many bytes keeps per-chunk overhead small and random access cheap.
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024
+# zarr 3 leaves out a chunk equal to the fill value; the reader refuses a missing chunk as
+# damage (zarr would read a lost file as zeros), so every chunk is written.
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def resolve_compressor(compressor: Compressor = "default") -> Codec | None:
@@ -56,12 +62,17 @@ def _pick(option: Chunks | Compressors, key: str) -> object:
     return option
 
 
-def _open_group(zarr_path: str | Path, mode: str) -> zarr.Group:
+def _existing_store(zarr_path: str | Path) -> Path:
     path = Path(zarr_path).expanduser()
-    if mode == "r" and not path.exists():
+    if not path.exists():
         raise FileNotFoundError(
             f"Replay buffer {str(zarr_path)!r} does not exist ({path.resolve()})."
         )
+    return path
+
+
+def _open_group(zarr_path: str | Path, mode: str) -> zarr.Group:
+    path = _existing_store(zarr_path) if mode == "r" else Path(zarr_path).expanduser()
     # new stores get upstream's zarr format 2; existing ones keep theirs
     creating = mode in ("w", "w-") or not path.exists()
     return zarr.open_group(str(path), mode=mode, zarr_format=2 if creating else None)
@@ -90,13 +101,8 @@ class ReplayBuffer:
             raise KeyError(f"Replay buffer {source} has no 'meta/episode_ends' array.")
         self.root = root
         self.source = source
-        n_steps = self.n_steps
-        for key, value in self.items():
-            if value.shape[0] != n_steps:
-                raise ValueError(
-                    f"Replay buffer {source}: 'data/{key}' has {value.shape[0]} steps but "
-                    f"meta/episode_ends ends at {n_steps}."
-                )
+        n_rows = {key: value.shape[0] for key, value in self.items()}
+        check_episode_ends(self.episode_ends, n_rows, source)
 
     # ----------------------------------------------------------------------------- constructors
     @classmethod
@@ -116,7 +122,12 @@ class ReplayBuffer:
             group.require_group("data")
             meta = group.require_group("meta")
             meta.create_array(
-                "episode_ends", shape=(0,), chunks=(1024,), dtype=np.int64, compressors=None
+                "episode_ends",
+                shape=(0,),
+                chunks=(1024,),
+                dtype=np.int64,
+                compressors=None,
+                config=WRITE_EVERY_CHUNK,
             )
         return cls(group, source=repr(str(zarr_path)))
 
@@ -125,16 +136,23 @@ class ReplayBuffer:
         cls, zarr_path: str | Path, keys: list[str] | tuple[str, ...] | None = None
     ) -> ReplayBuffer:
         """Load a zarr's ``meta`` arrays and the ``data`` arrays named in ``keys`` (all when
-        ``None``) into memory (``numpy`` backend)."""
-        group = _open_group(zarr_path, "r")
+        ``None``) into memory (``numpy`` backend), checking them on the way.
+
+        Refused, each with an error naming the array: a missing, truncated or undecodable chunk
+        file, damaged metadata, arrays whose lengths disagree with ``meta/episode_ends`` or
+        episode ends that do not increase, and NaN or Inf in a floating-point array.
+        """
+        path = _existing_store(zarr_path)
         source = repr(str(zarr_path))
+        group = zarr_checks.open_store(path, source)
         for child in ("data", "meta"):
-            if child not in group:
+            if not (path / child).is_dir():
                 raise KeyError(
                     f"Replay buffer {source} has no '{child}' group; expected upstream's layout "
                     "'data/<key>' arrays and 'meta/episode_ends'."
                 )
-        available = sorted(group["data"].array_keys())
+            zarr_checks.open_member(group, child, path, source, "group")
+        available = zarr_checks.member_names(path, "data")
         keys = available if keys is None else list(keys)
         missing = [k for k in keys if k not in available]
         if missing:
@@ -142,9 +160,17 @@ class ReplayBuffer:
                 f"Replay buffer {source} has no array data/{missing[0]}; it holds {available}. "
                 "Check the dataset's key arguments or re-fetch the file."
             )
-        meta = {name: np.asarray(arr[...]) for name, arr in group["meta"].arrays()}
-        data = {key: group["data"][key][...] for key in keys}
-        return cls({"data": data, "meta": meta}, source=source)
+
+        def read(name: str) -> np.ndarray:
+            array = zarr_checks.open_member(group, name, path, source, "array")
+            return zarr_checks.read_array(array, name, path, source)
+
+        meta = {name: read(f"meta/{name}") for name in zarr_checks.member_names(path, "meta")}
+        data = {key: read(f"data/{key}") for key in keys}
+        buffer = cls({"data": data, "meta": meta}, source=source)
+        for key, value in data.items():
+            check_finite(key, value, buffer.episode_ends, source)
+        return buffer
 
     # ----------------------------------------------------------------------------- saving
     def save_to_path(
@@ -166,7 +192,13 @@ class ReplayBuffer:
             for name, value in self.meta.items():
                 value = np.asarray(value[...])
                 chunks_meta = tuple(max(1, n) for n in value.shape)
-                meta.create_array(name, data=value, chunks=chunks_meta, compressors=None)
+                meta.create_array(
+                    name,
+                    data=value,
+                    chunks=chunks_meta,
+                    compressors=None,
+                    config=WRITE_EVERY_CHUNK,
+                )
             data = root.require_group("data")
             for key, value in self.items():
                 cks = _pick(chunks, key) or default_chunks(value.shape, value.dtype)
@@ -178,6 +210,7 @@ class ReplayBuffer:
                     dtype=value.dtype,
                     compressors=cpr,
                     fill_value=0,
+                    config=WRITE_EVERY_CHUNK,
                 )
                 arr[...] = value[...]
             if path.exists():
@@ -307,7 +340,7 @@ class ReplayBuffer:
                     )
                 if self.backend == "zarr":
                     arr.resize((new_len, *arr.shape[1:]))
-                    arr[new_len - n_new :] = value
+                    arr.with_config(WRITE_EVERY_CHUNK)[new_len - n_new :] = value
                 else:
                     self.data[key] = np.concatenate([arr, value.astype(arr.dtype)])
             elif self.backend == "zarr":
@@ -318,6 +351,7 @@ class ReplayBuffer:
                     dtype=value.dtype,
                     compressors=resolve_compressor(_pick(compressors, key) or "default"),
                     fill_value=0,
+                    config=WRITE_EVERY_CHUNK,
                 )
                 arr[new_len - n_new :] = value
             else:
@@ -350,6 +384,6 @@ class ReplayBuffer:
         if self.backend == "zarr":
             arr = self.meta["episode_ends"]
             arr.resize(ends.shape)
-            arr[...] = ends
+            arr.with_config(WRITE_EVERY_CHUNK)[...] = ends
         else:
             self.meta["episode_ends"] = ends

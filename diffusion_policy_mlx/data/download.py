@@ -11,12 +11,15 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import zarr
 from tqdm import tqdm
 
+from diffusion_policy_mlx.common.data_checks import DataError
+from diffusion_policy_mlx.common.zarr_checks import DECODE_ERRORS
 from diffusion_policy_mlx.data.registry import DATASETS, RemoteDataset
 
 DOWNLOAD_BLOCK_BYTES = 1 << 20
@@ -114,7 +117,7 @@ def find_zarr(folder: Path, name: str, url: str) -> Path:
     return matches[0]
 
 
-def array_sha256(array: zarr.Array) -> str:
+def array_sha256(array: zarr.Array | np.ndarray) -> str:
     """sha256 of an array's raw C-order bytes, read a block of rows at a time."""
     digest = hashlib.sha256()
     if array.ndim == 0:
@@ -127,24 +130,44 @@ def array_sha256(array: zarr.Array) -> str:
     return digest.hexdigest()
 
 
-def verify(zarr_path: Path, spec: RemoteDataset, progress: bool = True) -> None:
+def verify(
+    zarr_path: Path,
+    spec: RemoteDataset,
+    progress: bool = True,
+    loaded: Mapping[str, np.ndarray] | None = None,
+    remedy: str = "",
+) -> None:
     """Check every array ``spec`` records against the zarr at ``zarr_path``; the first mismatch
-    raises an error naming the array and both values."""
+    raises an error naming the array and both values, followed by ``remedy``.
+
+    ``loaded`` maps array paths (``'data/img'``) to copies already in memory, hashed instead of
+    being read again.
+    """
+    loaded = loaded or {}
     group = zarr.open_group(str(zarr_path), mode="r")
     for name, expected in tqdm(
         spec.arrays.items(), desc=f"verify {spec.name}", unit="array", disable=not progress
     ):
-        if name not in group:
-            raise ValueError(f"{zarr_path} lacks array {name}; the download is incomplete.")
-        array = group[name]
+        if name in loaded:
+            array = loaded[name]
+        elif name in group:
+            array = group[name]
+        else:
+            raise DataError(f"{zarr_path} lacks array {name}; the download is incomplete.{remedy}")
         if tuple(array.shape) != expected.shape or str(array.dtype) != expected.dtype:
-            raise ValueError(
+            raise DataError(
                 f"{zarr_path}: {name} is {tuple(array.shape)} {array.dtype}, expected "
-                f"{expected.shape} {expected.dtype}."
+                f"{expected.shape} {expected.dtype}.{remedy}"
             )
-        sha = array_sha256(array)
+        try:
+            sha = array_sha256(array)
+        except DECODE_ERRORS as e:
+            raise DataError(
+                f"{zarr_path}: {name} cannot be decoded ({type(e).__name__}: {e}); the file is "
+                f"damaged.{remedy}"
+            ) from e
         if sha != expected.sha256:
-            raise ValueError(
+            raise DataError(
                 f"{zarr_path}: {name} has sha256 {sha}, expected {expected.sha256}; the file is "
-                "corrupt or not the published dataset."
+                f"corrupt or not the published dataset.{remedy}"
             )

@@ -10,8 +10,8 @@ import numpy as np
 
 from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
 from diffusion_policy_mlx.common.sampler import SequenceSampler, downsample_mask, get_val_mask
-from diffusion_policy_mlx.data.registry import require_dataset
 from diffusion_policy_mlx.dataset.base_dataset import BaseLowdimDataset
+from diffusion_policy_mlx.dataset.source import load_replay_buffer
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 
@@ -41,9 +41,7 @@ class PushTLowdimDataset(BaseLowdimDataset):
     ):
         super().__init__()
         self.zarr_path = str(zarr_path)
-        self.replay_buffer = ReplayBuffer.copy_from_path(
-            require_dataset(zarr_path), keys=[obs_key, state_key, action_key]
-        )
+        self.replay_buffer = load_replay_buffer(zarr_path, keys=[obs_key, state_key, action_key])
         _require_ndim(self.replay_buffer, obs_key, 2, "(N, K, 2) keypoints or (N, D)")
         _require_ndim(self.replay_buffer, state_key, 2, "(N, D>=2) with the agent (x, y) first")
         _require_ndim(self.replay_buffer, action_key, 2, "(N, Da)")

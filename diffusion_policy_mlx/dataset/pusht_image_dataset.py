@@ -8,18 +8,19 @@ from collections.abc import Mapping, Sequence
 import mlx.core as mx
 import numpy as np
 
+from diffusion_policy_mlx.common.data_checks import image_scale
 from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
-from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
 from diffusion_policy_mlx.common.sampler import SequenceSampler, downsample_mask, get_val_mask
-from diffusion_policy_mlx.data.registry import require_dataset
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
+from diffusion_policy_mlx.dataset.source import load_replay_buffer
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 
 class PushTImageDataset(BaseImageDataset):
     """Windows of ``horizon`` steps: ``obs.image`` ``(T, 3, H, W)`` float32 in ``[0, 1]``,
     ``obs.agent_pos`` ``(T, 2)`` and ``action`` ``(T, 2)``, from the zarr keys ``img``
-    (``(N, H, W, 3)``, 0..255), ``state`` and ``action``.
+    (``(N, H, W, 3)``: uint8 or float 0..255, or float already in ``[0, 1]``, see
+    :func:`~diffusion_policy_mlx.common.data_checks.image_scale`), ``state`` and ``action``.
 
     Split and ``zarr_path`` semantics are those of
     :class:`~diffusion_policy_mlx.dataset.pusht_dataset.PushTLowdimDataset`. With
@@ -41,9 +42,7 @@ class PushTImageDataset(BaseImageDataset):
     ):
         super().__init__()
         self.zarr_path = str(zarr_path)
-        self.replay_buffer = ReplayBuffer.copy_from_path(
-            require_dataset(zarr_path), keys=["img", "state", "action"]
-        )
+        self.replay_buffer = load_replay_buffer(zarr_path, keys=["img", "state", "action"])
         for key, rule, ok in [
             ("img", "(N, H, W, 3) RGB frames", lambda s: len(s) == 4 and s[-1] == 3),
             ("state", "(N, D>=2) with the agent (x, y) first", lambda s: len(s) == 2 and s[1] >= 2),
@@ -54,6 +53,8 @@ class PushTImageDataset(BaseImageDataset):
                 raise ValueError(
                     f"{self.zarr_path}: data/{key} has shape {shape}; expected {rule}."
                 )
+        # what to divide the images by: uint8 and float 0..255 by 255, float [0, 1] by 1
+        self.image_scale = image_scale(self.replay_buffer["img"], "img", self.replay_buffer.source)
 
         val_mask = get_val_mask(
             n_episodes=self.replay_buffer.n_episodes, val_ratio=val_ratio, seed=seed
@@ -117,15 +118,15 @@ class PushTImageDataset(BaseImageDataset):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    @staticmethod
-    def _sample_to_data(sample: Mapping[str, np.ndarray]) -> dict:
+    def _sample_to_data(self, sample: Mapping[str, np.ndarray]) -> dict:
         """Sampled arrays with leading axes ``(...)`` -> the sample dict.
 
-        Divides the sampled ``img`` in place (the sampler's gather is a fresh copy) rather than
-        allocating a second image array; the channel axis moves by a view.
+        Scales the sampled ``img`` to ``[0, 1]`` in place (the sampler's gather is a fresh copy)
+        rather than allocating a second image array; the channel axis moves by a view.
         """
         image = sample["img"].astype(np.float32, copy=False)
-        np.divide(image, 255, out=image)
+        if self.image_scale != 1:
+            np.divide(image, self.image_scale, out=image)
         return {
             "obs": {
                 "image": np.moveaxis(image, -1, -3),

@@ -50,6 +50,8 @@ from diffusion_policy_mlx.model.common.lr_scheduler import get_scheduler
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
+from diffusion_policy_mlx.workspace.config_checks import validate_workspace_config
+from diffusion_policy_mlx.workspace.loss_guard import require_finite_loss
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,7 @@ class BaseWorkspace:
 
     def __init__(self, cfg: DictConfig, output_dir: str | Path | None = None):
         self.cfg = translate_config(cfg)
+        validate_workspace_config(self.cfg)
         self._output_dir = None if output_dir is None else Path(output_dir)
         self.global_step = 0
         self.epoch = 0
@@ -524,6 +527,12 @@ class BaseWorkspace:
 
         def finish(loss: mx.array, step_log: dict[str, Any], last: bool) -> None:
             step_log["train_loss"] = loss.item()
+            require_finite_loss(
+                step_log["train_loss"],
+                step_log["global_step"],
+                step_log["epoch"],
+                self.get_checkpoint_path().parent,
+            )
             losses.append(step_log["train_loss"])
             tepoch.set_postfix(loss=step_log["train_loss"], refresh=False)
             if not last:

@@ -162,3 +162,44 @@ def test_bad_zarr_contents_are_named(tmp_path):
     buffer.save_to_path(tmp_path / "nostate.zarr")
     with pytest.raises(KeyError, match="no array data/state"):
         PushTImageDataset(str(tmp_path / "nostate.zarr"))
+
+
+def _image_store(path, img: np.ndarray):
+    buffer = ReplayBuffer.create_empty_numpy()
+    n = len(img)
+    buffer.add_episode({"img": img, "state": np.zeros((n, 5)), "action": np.zeros((n, 2))})
+    return buffer.save_to_path(path)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "high", "scale"),
+    [(np.uint8, 255, 255.0), (np.float32, 255.0, 255.0), (np.float32, 1.0, 1.0)],
+)
+def test_images_are_scaled_to_unit_range_once(tmp_path, dtype, high, scale):
+    rng = np.random.default_rng(0)
+    img = (rng.uniform(size=(4, 8, 8, 3)) * high).astype(dtype)
+    img.flat[0] = high  # the range's top is in the data
+    ds = PushTImageDataset(str(_image_store(tmp_path / "imgs.zarr", img)), horizon=2)
+    assert ds.image_scale == scale
+    image = ds[0]["obs"]["image"]
+    assert image.dtype == np.float32 and image.max() <= 1.0
+    np.testing.assert_allclose(image[0], np.moveaxis(img[0], -1, 0) / scale, rtol=1e-6)
+    batch = ds.__getitems__([0, 1])["obs"]["image"]
+    np.testing.assert_allclose(batch[1, 1], np.moveaxis(img[2], -1, 0) / scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("img", "match"),
+    [
+        (np.full((3, 8, 8, 3), 300.0, np.float32), r"data/img holds values from 300\.0 to 300\.0"),
+        (np.full((3, 8, 8, 3), -1.0, np.float32), r"data/img holds values from -1\.0"),
+        (np.zeros((3, 8, 8, 3), np.int16), "data/img has dtype int16; images must be uint8"),
+    ],
+)
+def test_images_out_of_range_are_refused(tmp_path, img, match):
+    with pytest.raises(ValueError, match=match):
+        PushTImageDataset(str(_image_store(tmp_path / "bad.zarr", img)), horizon=2)
+
+
+def test_upstream_float_images_are_divided_by_255(dataset):
+    assert dataset.image_scale == 255.0
