@@ -14,6 +14,7 @@ parse_stored_config`); what it may build is decided where it is built.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_policy_mlx.common import atomic_file
 from diffusion_policy_mlx.config_compat import ConfigError
 from diffusion_policy_mlx.config_trust import dump_stored_config, parse_stored_config
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
@@ -156,16 +158,42 @@ def save_checkpoint(
         # Left by a process killed mid-write; never a complete checkpoint.
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    mx.save_safetensors(str(tmp), tensors, metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        # Through a Python file, so a failed write is an OSError with its errno.
+        with atomic_file.replacing(path, tmp) as f:
+            mx.save_safetensors(f, tensors, metadata=metadata)
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.is_file() else "no earlier one existed"
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {_os_error(e)}. The partial file was removed; "
+            f"{kept}. {_os_error_hint(e, path.parent)}"
+        ) from None
     return path
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """Raise :class:`CheckpointError` now, before any training, if checkpoints cannot be
+    written to ``folder``."""
+    try:
+        atomic_file.check_writable(folder)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoints to {folder}: {_os_error(e)}. Nothing was trained. "
+            f"{_os_error_hint(e, folder)}"
+        ) from None
+
+
+def _os_error(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno, error.errno)
+    return f"{error.strerror or error} ({code})"
+
+
+def _os_error_hint(error: OSError, folder: Path) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free disk space (or choose another hydra.run.dir), then run again."
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Make {folder} writable (or choose another hydra.run.dir), then run again."
+    return "Fix the file system problem, then run again."
 
 
 def _read_header(path: Path) -> dict[str, Any]:

@@ -15,12 +15,10 @@ import copy
 import logging
 import os
 import random
-import socket
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlparse
 
 import hydra
 import mlx.core as mx
@@ -41,6 +39,8 @@ from diffusion_policy_mlx.common.checkpoint_util import (
 )
 from diffusion_policy_mlx.common.distributed import Shard
 from diffusion_policy_mlx.common.json_logger import JsonLogger
+from diffusion_policy_mlx.common.run_lock import run_lock
+from diffusion_policy_mlx.common.wandb_run import WandbRun, init_wandb
 from diffusion_policy_mlx.config_compat import set_device, translate_config
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset
 from diffusion_policy_mlx.dataset.loader import DataLoader
@@ -371,9 +371,21 @@ class BaseWorkspace:
     # ----------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Train for ``training.num_epochs`` epochs (in total, across resumes)."""
+        """Train for ``training.num_epochs`` epochs (in total, across resumes).
+
+        Rank 0 holds the run folder's lock throughout (data-parallel ranks share its folder
+        and write nothing), and checks that checkpoints can be written before any work."""
+        checkpoint_util.check_config_size(self.cfg)  # a run that could not save must not start
+        group = distributed.init_group()
+        if distributed.rank_of(group) != 0:
+            self._train(group)
+            return
+        with run_lock(self.output_dir):
+            checkpoint_util.check_checkpoint_folder(self.get_checkpoint_path().parent)
+            self._train(group)
+
+    def _train(self, group: mx.distributed.Group | None) -> None:
         cfg = copy.deepcopy(self.cfg)
-        checkpoint_util.check_config_size(cfg)  # a run that could not save must not start
         latest = self.get_checkpoint_path()
         resumed = bool(cfg.training.resume) and latest.is_file()
         if resumed:
@@ -381,7 +393,6 @@ class BaseWorkspace:
             self.load_checkpoint(path=latest)
             log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
 
-        group = distributed.init_group()
         rank, world_size = distributed.rank_of(group), distributed.world_size_of(group)
         main = rank == 0
         dataset = hydra.utils.instantiate(cfg.task.dataset)
@@ -456,11 +467,12 @@ class BaseWorkspace:
         )
         # The first batch of epoch 0, also after a resume, so the metric means the same thing.
         sampling_batch = train_loader.load_batch(train_loader.batch_indices(0)[0]) if main else None
-        wandb_run = init_wandb(cfg, self.output_dir) if main else _NoLog()
+        wandb_run = init_wandb(cfg, self.output_dir) if main else WandbRun(None)
         resume_step = self.global_step if resumed else None
         logs = self.output_dir / "logs.json.txt"
         try:
-            with JsonLogger(logs, resume_step=resume_step) if main else _NoLog() as logger:
+            log_file = JsonLogger(logs, resume_step=resume_step, fresh=not resumed)
+            with log_file if main else _NoLog() as logger:
                 while self.epoch < training.num_epochs:
                     step_log = self._train_epoch(
                         train_loader, train_step, lr_scheduler, training, wandb_run, logger
@@ -479,7 +491,7 @@ class BaseWorkspace:
                         step_log["train_action_mse_error"] = mse.item()
                     self.policy_train_mode()
 
-                    wandb_run.log(_for_wandb(step_log), step=self.global_step)
+                    wandb_run.log(step_log, step=self.global_step)
                     logger.log(step_log)
                     completed_epoch = self.epoch
                     self.global_step += 1
@@ -506,7 +518,7 @@ class BaseWorkspace:
         train_step: TrainStep,
         lr_scheduler: Any,
         training: DictConfig,
-        wandb_run: Any,
+        wandb_run: WandbRun,
         logger: JsonLogger,
     ) -> dict[str, Any]:
         """One epoch of training steps; returns the last step's log with the epoch-mean loss
@@ -625,7 +637,7 @@ class BaseWorkspace:
 
 
 class _NoLog:
-    """What ranks other than 0 have instead of the JSON logger and the wandb run."""
+    """What ranks other than 0 have instead of the JSON logger."""
 
     def __enter__(self) -> _NoLog:
         return self
@@ -634,9 +646,6 @@ class _NoLog:
         pass
 
     def log(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def finish(self) -> None:
         pass
 
 
@@ -676,64 +685,3 @@ def _require_type(obj: Any, expected: tuple[type, ...], key: str) -> None:
 def _loader_kwargs(loader_cfg: DictConfig, seed: int) -> dict[str, Any]:
     # An explicit seed, so a resumed run shuffles exactly as the interrupted one did.
     return {"seed": seed, **OmegaConf.to_container(loader_cfg, resolve=True)}
-
-
-def _for_wandb(step_log: Mapping[str, Any]) -> dict[str, Any]:
-    """Rollout videos arrive as mp4 paths; wandb wants ``wandb.Video`` objects."""
-    import wandb
-
-    return {
-        k: wandb.Video(v, format="mp4") if isinstance(v, str) and v.endswith(".mp4") else v
-        for k, v in step_log.items()
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# wandb
-# ---------------------------------------------------------------------------------------------
-
-
-def _wandb_reachable(timeout: float = 3.0) -> bool:
-    import wandb
-
-    url = urlparse(wandb.Settings().base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def init_wandb(cfg: DictConfig, output_dir: Path) -> Any:
-    """Start the wandb run ``cfg.logging`` describes; never hangs or fails on credentials.
-
-    ``WANDB_MODE`` in the environment overrides ``logging.mode``. An online run without
-    credentials or without a route to the wandb server continues offline, with one message.
-    """
-    # Imported here: loading a checkpoint or evaluating (eval.py) needs no wandb.
-    import wandb
-
-    kwargs = OmegaConf.to_container(cfg.logging, resolve=True)
-    kwargs["mode"] = os.environ.get("WANDB_MODE") or kwargs.get("mode", "online")
-    config = OmegaConf.to_container(cfg, resolve=True) | {"output_dir": str(output_dir)}
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(**overrides: Any) -> Any:
-        return wandb.init(dir=str(output_dir), config=config, **(kwargs | overrides))
-
-    if kwargs["mode"] != "online":
-        return start()
-    if not _wandb_reachable():
-        reason = f"cannot reach {wandb.Settings().base_url}"
-    else:
-        try:
-            return start(settings=wandb.Settings(init_timeout=60))
-        except (wandb.errors.UsageError, wandb.errors.CommError) as e:
-            reason = str(e).splitlines()[0]
-    log.warning(
-        "wandb: %s; logging offline to %s/wandb (upload later with `wandb sync`)",
-        reason,
-        output_dir,
-    )
-    return start(mode="offline")

@@ -1,3 +1,4 @@
+import errno
 import json
 import logging
 import os
@@ -119,9 +120,8 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def crash(file, arrays, metadata):
-        with open(file, "wb") as f:
-            f.write(b"\x10\x00partial")
-        raise KeyboardInterrupt  # as if killed mid-write
+        file.write(b"\x10\x00partial")
+        raise KeyboardInterrupt  # as if interrupted mid-write
 
     monkeypatch.setattr(cu.mx, "save_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
@@ -129,10 +129,85 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert cu.load_checkpoint(path).state["global_step"] == 17
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "latest.ckpt"]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".latest.ckpt.")
-    _save(path, model, optimizer)  # the next save clears the stale temporary file
     assert [p.name for p in tmp_path.iterdir()] == ["latest.ckpt"]
+
+
+def test_next_save_clears_the_temporary_file_of_a_killed_write(tmp_path):
+    model, optimizer = _trained()
+    stale = tmp_path / ".latest.ckpt.12345.tmp.safetensors"  # kill -9 leaves it behind
+    stale.write_bytes(b"\x10\x00partial")
+    _save(tmp_path / "latest.ckpt", model, optimizer)
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.ckpt"]
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room):
+        self.file, self.room = file, room
+
+    def __getattr__(self, name):  # seek, tell, ...: the real file's
+        return getattr(self.file, name)
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+def test_disk_full_names_the_path_removes_the_partial_file_and_keeps_the_last(
+    tmp_path, monkeypatch
+):
+    model, optimizer = _trained()
+    path = _save(tmp_path / "latest.ckpt", model, optimizer)
+    before = path.read_bytes()
+    real = mx.save_safetensors
+    partial_sizes = []
+
+    def full_disk(file, arrays, metadata):
+        try:
+            real(_FullDisk(file, room=len(before) // 2), arrays, metadata=metadata)
+        finally:
+            file.flush()
+            partial_sizes.append(os.path.getsize(file.name))
+
+    monkeypatch.setattr(cu.mx, "save_safetensors", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        _save(path, model, optimizer, {"epoch": 4, "global_step": 20})
+    monkeypatch.undo()
+    message = str(info.value)
+    assert f"could not write checkpoint {path}: No space left on device (ENOSPC)" in message
+    assert "partial file was removed" in message and "previous latest.ckpt is intact" in message
+    assert "Free disk space" in message
+    assert partial_sizes == [len(before) // 2]  # the disk filled up mid-tensors
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.ckpt"]
+
+    # a first checkpoint that fails says there is none to fall back on
+    monkeypatch.setattr(cu.mx, "save_safetensors", full_disk)
+    with pytest.raises(CheckpointError, match="no earlier one existed"):
+        _save(tmp_path / "other.ckpt", model, optimizer)
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.ckpt"]
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    cu.check_checkpoint_folder(folder)  # created, and writable
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    # root ignores permission bits: a read-only file system is simulated
+    monkeypatch.setattr(cu.atomic_file.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(CheckpointError) as info:
+        cu.check_checkpoint_folder(folder)
+    message = str(info.value)
+    assert f"cannot write checkpoints to {folder}: Read-only file system (EROFS)" in message
+    assert f"Make {folder} writable" in message
 
 
 @pytest.fixture

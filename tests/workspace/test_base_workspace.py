@@ -18,8 +18,7 @@ from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, Checkpo
 from diffusion_policy_mlx.config_compat import AdamW, ConfigError
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
-from diffusion_policy_mlx.workspace import base_workspace
-from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep, init_wandb
+from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep
 from diffusion_policy_mlx.workspace.train_diffusion_unet_lowdim_workspace import (
     TrainDiffusionUnetLowdimWorkspace,
 )
@@ -352,42 +351,6 @@ def test_run_refuses_an_oversize_config_at_start(tmp_path):
     with pytest.raises(ConfigError, match="MiB in a checkpoint"):
         workspace.run()
     assert list(tmp_path.iterdir()) == []
-
-
-def test_wandb_falls_back_to_offline_without_network(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(base_workspace, "_wandb_reachable", lambda timeout=3.0: False)
-    cfg = _cfg(overrides=["logging.mode=online"])
-    with caplog.at_level(logging.WARNING):
-        run = init_wandb(cfg, tmp_path)
-    try:
-        assert run.settings.mode == "offline"
-        assert "logging offline" in caplog.text and "cannot reach" in caplog.text
-    finally:
-        run.finish()
-    assert any((tmp_path / "wandb").glob("offline-run-*"))
-
-
-def test_wandb_falls_back_to_offline_without_credentials(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
-    monkeypatch.setattr(base_workspace, "_wandb_reachable", lambda timeout=3.0: True)
-    with caplog.at_level(logging.WARNING):
-        run = init_wandb(_cfg(overrides=["logging.mode=online"]), tmp_path)
-    try:
-        assert run.settings.mode == "offline"
-        assert "API key" in caplog.text
-    finally:
-        run.finish()
-
-
-def test_wandb_mode_env_overrides_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    run = init_wandb(_cfg(overrides=["logging.mode=online"]), tmp_path)
-    assert run.settings.mode == "disabled"
-    run.finish()
 
 
 def test_workspace_checks_the_policy_type(tmp_path):
