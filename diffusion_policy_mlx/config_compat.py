@@ -17,6 +17,7 @@ Importing this module registers the ``eval`` resolver with OmegaConf.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import logging
 import operator
@@ -294,8 +295,9 @@ _GPU_NAMES = ("cuda", "mps", "gpu", "metal")
 def mlx_device(name: str) -> mx.Device:
     """Map a torch-style device string (``cuda:0``, ``mps``, ``cpu``, ``gpu``) to an MLX device.
 
-    A GPU request on a machine without an MLX GPU backend falls back to the CPU with a warning,
-    so upstream configs (``training.device: cuda:0``) run everywhere.
+    A GPU request on a machine without an MLX GPU backend falls back to the CPU with a warning
+    (one per process, whatever the name asked for), so upstream configs
+    (``training.device: cuda:0``) run everywhere.
     """
     kind, _, index = str(name).strip().lower().partition(":")
     if kind == "cpu":
@@ -305,11 +307,19 @@ def mlx_device(name: str) -> mx.Device:
             f"training.device={name!r} is not a device; use 'cpu', 'cuda:0', 'mps' or 'gpu'"
         )
     if not mx.is_available(mx.gpu):
-        log.warning("training.device=%s: this MLX build has no GPU backend, using the CPU", name)
+        _warn_no_gpu()
         return mx.Device(mx.cpu)
     if index and int(index) != 0:
         log.warning("training.device=%s: MLX uses one GPU per process, using GPU 0", name)
     return mx.Device(mx.gpu)
+
+
+@functools.cache
+def _warn_no_gpu() -> None:
+    log.warning(
+        "this MLX build has no GPU backend: running on the CPU "
+        "(ask for device 'cpu' to skip this message)"
+    )
 
 
 def set_device(name: str) -> mx.Device:

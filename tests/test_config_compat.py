@@ -225,6 +225,18 @@ def test_device_mapping():
         mlx_device("tpu:0")
 
 
+def test_gpu_fallback_warns_once_in_one_wording(monkeypatch, caplog):
+    monkeypatch.setattr(mx, "is_available", lambda device: False)
+    config_compat._warn_no_gpu.cache_clear()
+    with caplog.at_level("WARNING", logger=config_compat.__name__):
+        devices = [mlx_device(name) for name in ("gpu", "cuda:0", "mps", "cuda")]
+    assert devices == [mx.Device(mx.cpu)] * 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "this MLX build has no GPU backend: running on the CPU "
+        "(ask for device 'cpu' to skip this message)"
+    ]
+
+
 def test_translate_target_table():
     assert translate_target("diffusion_policy.model.diffusion.ema_model.EMAModel") == (
         "diffusion_policy_mlx.model.diffusion.ema_model.EMAModel"
