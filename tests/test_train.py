@@ -200,6 +200,45 @@ def test_unknown_target_fails_before_any_work(tmp_path, pusht_zarr):
     assert not (tmp_path / "run" / "logs.json.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            # README's sweep line as it was: no config named
+            ["-m", "training.seed=42,43", "hydra/launcher=joblib"],
+            "train.py: name a config with --config-name; the configs in ",
+        ),
+        (
+            ["--config-name=train_bet_lowdim_workspace"],
+            "train.py: --config-name=train_bet_lowdim_workspace: not supported yet; supported: ",
+        ),
+        (
+            ["-cn", "train_ibc_dfo_hybrid_workspace", "task=pusht_image"],
+            "train.py: --config-name=train_ibc_dfo_hybrid_workspace: not supported yet; ",
+        ),
+        (
+            [
+                "--config-name",
+                "train_diffusion_unet_lowdim_workspace",
+                "task=pusht_lowdim,can_lowdim",
+            ],
+            "train.py: task=can_lowdim: not supported yet; supported tasks: pusht_image, pusht_lowdim",
+        ),
+        (
+            ["--config-name=train_diffusion_unet_lowdim_workspac"],
+            "train.py: --config-name=train_diffusion_unet_lowdim_workspac: no such config in ",
+        ),
+    ],
+)
+def test_command_line_without_a_supported_config_says_what_is_there(tmp_path, args, message):
+    proc = run_train([*args, f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    if "task=" not in message:
+        assert "train_diffusion_unet_lowdim_workspace" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, pusht_zarr):
     name = "train_diffusion_unet_lowdim_workspace"
     args = train_args(name, tmp_path / "run", pusht_zarr, "task.obs_dim=21")
