@@ -53,6 +53,13 @@ class Checkpoint:
     cfg: DictConfig
     state: dict[str, Any]
 
+    @property
+    def finished_epoch(self) -> int | None:
+        """The epoch this checkpoint was saved at the end of, numbered as the logs and the top-k
+        file names number it (``epoch=0001-...`` is epoch 1, the second); None before any.
+        ``state["epoch"]`` is the count of finished epochs, where a resumed run continues."""
+        return int(self.state["epoch"]) - 1 if int(self.state["epoch"]) > 0 else None
+
     def group(self, prefix: str) -> dict[str, mx.array]:
         """Tensors under ``prefix.`` with the prefix removed."""
         head = prefix + "."

@@ -363,8 +363,12 @@ class BaseWorkspace:
         resumed = bool(cfg.training.resume) and latest.is_file()
         if resumed:
             log.info("Resuming from checkpoint %s", latest)
-            self.load_checkpoint(path=latest)
-            log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
+            epoch = self.load_checkpoint(path=latest).finished_epoch
+            log.info(
+                "Resumed %s (%d training steps done)",
+                "before the first epoch" if epoch is None else f"after epoch {epoch}",
+                self.global_step,
+            )
 
         group = distributed.init_group()
         rank, world_size = distributed.rank_of(group), distributed.world_size_of(group)
