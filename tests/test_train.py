@@ -118,6 +118,8 @@ def check_debug_run(run_dir: Path, name: str) -> None:
     for epoch, fname in enumerate(topk):
         match = re.fullmatch(r"epoch=(\d{4})-test_mean_score=(\d\.\d{3})\.ckpt", fname)
         assert match and int(match[1]) == epoch
+        # the number in the file name is the epoch that just finished, and loading says so
+        assert load_checkpoint(ckpt_dir / fname).finished_epoch == epoch
         score = logs[3 * epoch + 2]["test/mean_score"]
         assert float(match[2]) == pytest.approx(score, abs=5e-4)
 
@@ -125,7 +127,12 @@ def check_debug_run(run_dir: Path, name: str) -> None:
     assert (latest.state["epoch"], latest.state["global_step"]) == (2, 6)
     assert latest.cfg.name == name.removesuffix("_workspace")
     assert any(k.startswith("ema_model.") for k in latest.tensors)
-    assert any(k.startswith("optimizer.") for k in latest.tensors)
+    # debug checkpoints leave out the optimizer's moments, and the run said how large they are
+    assert latest.state["optimizer_moments"] is False
+    assert not [k for k, v in latest.tensors.items() if k.startswith("optimizer.") and v.ndim]
+    train_log = (run_dir / "train.log").read_text()
+    assert train_log.count("checkpoints: ") == 1
+    assert "each (model, EMA, no optimizer moments: training.debug) in " in train_log
     videos = sorted((run_dir / "media").glob("*.mp4"))
     assert len(videos) == 4 and all(v.stat().st_size > 0 for v in videos)
 
@@ -142,6 +149,25 @@ def test_unet_lowdim_trains_with_rollouts(lowdim_run):
     check_debug_run(lowdim_run, "train_diffusion_unet_lowdim_workspace")
     log_text = (lowdim_run / "train.log").read_text()
     assert "Resuming" not in log_text
+
+
+def test_a_debug_run_resumes_as_a_full_run_and_reports_the_epoch(lowdim_run, tmp_path, pusht_zarr):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lowdim_run, run_dir)
+    name = "train_diffusion_unet_lowdim_workspace"
+    extra = ["training.debug=False", "training.num_epochs=3", "training.max_train_steps=2"]
+    extra += ["training.max_val_steps=1", "training.rollout_every=1000"]
+    run_train(train_args(name, run_dir, pusht_zarr, *extra))
+    log_text = (run_dir / "train.log").read_text()
+    assert "holds no optimizer moments (a training.debug checkpoint)" in log_text
+    assert "Resumed after epoch 1 (6 training steps done)" in log_text
+    match = re.search(r"checkpoints: ([\d.]+) MB each \(model, EMA, optimizer\) in (\S+)", log_text)
+    assert match and Path(match[2]) == run_dir / "checkpoints"
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
+    assert (latest.finished_epoch, latest.state["optimizer_moments"]) == (2, True)
+    # the announced size is the tensors' bytes; the file adds its header and RNG state
+    size_mb = (run_dir / "checkpoints" / "latest.ckpt").stat().st_size / 1e6
+    assert float(match[1]) == pytest.approx(size_mb, rel=0.1)
 
 
 def test_resume_into_a_different_config_names_the_keys(lowdim_run, tmp_path, pusht_zarr):

@@ -282,15 +282,22 @@ def optimizer_tensors(optimizer: optim.Optimizer, prefix: str = "optimizer") -> 
 
 
 def load_optimizer(
-    optimizer: optim.Optimizer, tensors: Mapping[str, mx.array], parameters: Mapping
+    optimizer: optim.Optimizer,
+    tensors: Mapping[str, mx.array],
+    parameters: Mapping,
+    moments: bool = True,
 ) -> None:
     """Restore optimizer state saved by :func:`optimizer_tensors` (prefix removed).
 
     ``parameters`` are the trainable parameters the optimizer updates; the state is checked
     against a freshly initialized one, so a mismatch names its keys instead of failing later.
+    ``moments=False``: ``tensors`` holds only the scalars (step, learning rates) and the
+    per-parameter state starts afresh, as from a ``training.debug`` checkpoint.
     """
     optimizer.init(parameters)
     reference = dict(tree_flatten(optimizer.state))
+    if not moments:
+        tensors = {**{k: v for k, v in reference.items() if v.ndim > 0}, **tensors}
     missing = sorted(reference.keys() - tensors.keys())
     # Scalars a fresh optimizer lacks are schedule bookkeeping (e.g. the LR scheduler's
     # ``initial_lr``), not per-parameter state.
