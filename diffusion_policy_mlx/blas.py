@@ -93,9 +93,10 @@ _THREAD_FUNCTIONS = (
 
 
 def _loaded_path(name: str) -> str:
-    """Resolve a soname to the file the dynamic loader mapped, for messages."""
+    """Resolve a soname to the file the dynamic loader mapped, for messages; a path is that
+    file (matching it by name could find another, e.g. numpy's libscipy_openblas64_)."""
     maps = Path("/proc/self/maps")
-    if maps.exists():
+    if "/" not in name and maps.exists():
         stem = Path(name).name.split(".so")[0]
         for line in maps.read_text().splitlines():
             path = line.split()[-1]
