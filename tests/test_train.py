@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.common.json_logger import read_json_log
@@ -279,6 +280,31 @@ def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, push
 def test_each_workspace_trains_with_rollouts(tmp_path, pusht_zarr, name):
     run_train(train_args(name, tmp_path / "run", pusht_zarr))
     check_debug_run(tmp_path / "run", name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "config").glob("*.yaml")))
+def test_debug_run_of_every_shipped_config_at_its_own_size(tmp_path, pusht_zarr, name):
+    """What a user's smoke test runs; each takes 10-60 s on a 2-core CPU."""
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            f"--config-name={name}",
+            f"task={task_of(name)}",
+            f"task.dataset.zarr_path={pusht_zarr}",
+            f"hydra.run.dir={run_dir}",
+            "training.debug=True",
+        ]
+    )
+    logs = read_json_log(run_dir / "logs.json.txt")
+    assert [r["global_step"] for r in logs] == list(range(6))
+    assert {"val_loss", "train_action_mse_error", "test/mean_score"} <= logs[-1].keys()
+    assert len(list((run_dir / "media").glob("*.mp4"))) == 4
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
+    assert latest.state["optimizer_moments"] is False
+    # eval.py samples with the configured number of steps, not debug's
+    configured = OmegaConf.load(REPO / "config" / f"{name}.yaml").policy.num_inference_steps
+    assert latest.cfg.policy.num_inference_steps == configured
 
 
 @pytest.mark.slow
