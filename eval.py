@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     out_path.write_text(json.dumps(json_log, indent=2, sort_keys=True))
     videos = sorted(v for v in json_log.values() if isinstance(v, str) and v.endswith(".mp4"))
     scores = {k: v for k, v in json_log.items() if k.endswith("mean_score")}
-    print(
-        f"checkpoint: {ckpt.path} (epoch {ckpt.state['epoch']}, step {ckpt.state['global_step']})"
-    )
+    epoch = ckpt.finished_epoch
+    trained = "untrained" if epoch is None else f"epoch {epoch}"
+    print(f"checkpoint: {ckpt.path} ({trained}, {ckpt.state['global_step']} training steps)")
     print(f"policy: {'EMA' if cfg.training.use_ema else 'trained'} weights; scores: {scores}")
     print(f"eval log: {out_path}")
     if videos:

@@ -1,9 +1,13 @@
-"""MLX CPU matmul and conv1d speed with MLX's bundled BLAS and with the optimized one we load.
+"""MLX CPU matmul and conv1d speed with MLX's bundled BLAS and with the optimized ones we load.
 
-    python benchmarks/bench_blas.py
+    python benchmarks/bench_blas.py [--matmul-only] [--hide-system-blas]
 
-The BLAS is chosen when the package is imported, so each mode runs in its own subprocess
-(``DP_MLX_BLAS=off`` for the bundled reference BLAS). Medians of 10 calls after 3 warm-ups.
+The BLAS is chosen when the package is imported, so each mode runs in its own subprocess:
+``bundled`` (``DP_MLX_BLAS=off``, MLX's reference BLAS), ``default`` (``DP_MLX_BLAS`` unset: the
+system's OpenBLAS where there is one, else the scipy-openblas32 wheel's) and ``wheel``
+(``DP_MLX_BLAS=wheel``). ``--hide-system-blas`` runs each subprocess in a private mount namespace
+(``unshare -m``, root) where the system's OpenBLAS, MKL and BLIS files read as empty, as on a
+machine without them; nothing changes outside that process. Medians of 10 calls after 3 warm-ups.
 
 The second table is what bounds sampling at batch 1: the U-Net's convolutions at its deepest
 level (1024 channels, kernel 5, 21 MB of float32 weights each) over 4 rows (batch 1 at T = 4,
@@ -15,19 +19,24 @@ bfloat16 and 8-bit (``mx.quantize``, groups of 64) weights through MLX's own CPU
 Rates are bytes of weights as stored per second, next to numpy's plain read of 252 MB.
 """
 
+import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 N = 1024
 STREAM_LAYERS = 12
-MODES = {"bundled": {"DP_MLX_BLAS": "off"}, "optimized": {}}
+MODES = {"bundled": {"DP_MLX_BLAS": "off"}, "default": {}, "wheel": {"DP_MLX_BLAS": "wheel"}}
+# The system libraries the package's search can find (blas._CANDIDATES's families).
+SYSTEM_BLAS = re.compile(r"lib(openblas|mkl_rt|blis)\S*\.so")
 
 
-def measure() -> None:
+def measure(matmul_only: bool) -> None:
     """Runs inside one subprocess: print one JSON line of the chosen BLAS's figures."""
     import diffusion_policy_mlx  # noqa: I001  (before mlx.core: it loads the BLAS)
     import mlx.core as mx
@@ -57,6 +66,9 @@ def measure() -> None:
         "matmul_gflops": 2 * N**3 / median_seconds(lambda: a @ b) / 1e9,
         "conv1d_ms": median_seconds(lambda: mx.conv1d(x, w, padding=2)) * 1e3,
     }
+    if matmul_only:
+        print(json.dumps(result))
+        return
 
     layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
     for layer in layers:
@@ -121,11 +133,39 @@ def read_rate() -> float:
     return a.nbytes / statistics.median(times) / 1e9
 
 
+def system_blas_files() -> list[str]:
+    """The files behind every OpenBLAS, MKL or BLIS soname the dynamic loader's cache lists."""
+    cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    paths = {line.split(" => ")[-1].strip() for line in cache.splitlines() if " => " in line}
+    return sorted({str(Path(p).resolve()) for p in paths if SYSTEM_BLAS.search(Path(p).name)})
+
+
+def hidden_system_blas(command: list[str]) -> list[str]:
+    """``command`` in a private mount namespace where the system BLAS files are empty."""
+    mounts = "".join(f"mount --bind /dev/null {f} && " for f in system_blas_files())
+    script = mounts + 'exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *command]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matmul-only", action="store_true", help="skip the weight-stream table")
+    parser.add_argument(
+        "--hide-system-blas",
+        action="store_true",
+        help="measure as if the system had no OpenBLAS, MKL or BLIS (needs root for unshare -m)",
+    )
+    args = parser.parse_args()
+    child = [sys.executable, "-W", "ignore", __file__, "--child"]
+    if args.matmul_only:
+        child.append("--matmul-only")
+    if args.hide_system_blas:
+        print(f"system BLAS hidden: {', '.join(system_blas_files()) or '(none found)'}\n")
+        child = hidden_system_blas(child)
     results = {}
     for name, env in MODES.items():
         out = subprocess.run(
-            [sys.executable, "-W", "ignore", __file__, "--child"],
+            child,
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -139,6 +179,8 @@ def main() -> None:
             f"| {name} | {r['matmul_gflops']:.1f} GFLOP/s | {r['conv1d_ms']:.2f} ms "
             f"| {r['library']} |"
         )
+    if args.matmul_only:
+        return
     print(
         f"\nBatch-1 weight stream, {STREAM_LAYERS} deepest-level layers (ms per pass, GB/s of "
         f"weights as stored); numpy reads 252 MB at {read_rate():.1f} GB/s\n"
@@ -155,6 +197,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        measure()
+        measure(matmul_only="--matmul-only" in sys.argv)
     else:
         main()

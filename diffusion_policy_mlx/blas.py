@@ -1,4 +1,4 @@
-"""Use an optimized CBLAS for MLX's CPU backend on Linux.
+"""Use an optimized BLAS for MLX's CPU backend on Linux.
 
 The ``mlx[cpu]`` wheel links the reference (netlib) BLAS, which runs a 1024x1024 float32 matmul at
 about 5 GFLOP/s on a 2-core x86 machine; OpenBLAS or MKL run it at about 150. MLX's CPU convolutions
@@ -8,28 +8,44 @@ that import puts its ``cblas_sgemm`` first in the global lookup scope, and MLX b
 
 ``diffusion_policy_mlx/__init__.py`` calls :func:`load_fast_blas` before anything imports MLX.
 
+Where the BLAS comes from, first found wins:
+
+1. ``DP_MLX_BLAS``, when set (see below);
+2. the system's OpenBLAS, MKL or BLIS, where the dynamic loader finds one;
+3. the OpenBLAS of the ``scipy-openblas32`` wheel, an install requirement on Linux, so that
+   ``pip install`` alone gives a fast BLAS. Its symbols carry a ``scipy_`` prefix
+   (``scipy_cblas_sgemm``); the small library ``_blas_shim`` (``csrc/blas_shim.c``, built by
+   ``setup.py``) serves the unprefixed names MLX imports and forwards each to it;
+4. MLX's bundled reference BLAS, with a warning.
+
 Environment variable ``DP_MLX_BLAS``:
 
-* unset: search for OpenBLAS, then MKL, then BLIS among the system's shared libraries;
 * ``off`` (or ``0``, ``none``, ``false``): keep MLX's bundled reference BLAS;
-* a file name or path: load exactly that library (an error if it cannot be loaded).
-
-Install one on Debian/Ubuntu with ``apt-get install libopenblas0-pthread``; on Fedora
-``dnf install openblas``; or point ``DP_MLX_BLAS`` at ``libmkl_rt.so`` from an MKL install.
+* ``wheel``: the ``scipy-openblas32`` wheel's OpenBLAS, even where the system has one;
+* a file name or path: load exactly that library (an error if it cannot be loaded); a library
+  with ``scipy_``-prefixed symbols goes through the shim.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 ENV_VAR = "DP_MLX_BLAS"
 _OFF_VALUES = {"off", "0", "none", "false", "no"}
+WHEEL_VALUE = "wheel"
+WHEEL_PACKAGE = "scipy_openblas32"
+# The prefix the wheel's OpenBLAS puts on every symbol.
+WHEEL_PREFIX = "scipy_"
+# Serves the unprefixed names for a prefixed OpenBLAS (csrc/blas_shim.c).
+SHIM = Path(__file__).with_name(f"_blas_shim{EXTENSION_SUFFIXES[0]}")
 # Sonames tried in order; find_library adds whatever ldconfig knows under the generic names.
 _CANDIDATES = (
     "libopenblas.so.0",
@@ -40,17 +56,24 @@ _CANDIDATES = (
     "libblis.so",
 )
 
+# `python -m diffusion_policy_mlx.blas` runs this file a second time, as __main__, after the
+# package import has loaded it. runpy warns about that for a plain module; for one with a
+# __path__ it does not, and the __main__ block below reads the package's instance on purpose.
+__path__: list[str] = []
+
 
 @dataclass(frozen=True)
 class BlasInfo:
     """Which BLAS MLX's CPU backend uses in this process.
 
     ``library`` is the path (or soname) of the optimized BLAS loaded ahead of MLX, or ``None`` when
-    MLX uses its bundled reference BLAS (or, on macOS, Accelerate); ``reason`` says why.
+    MLX uses its bundled reference BLAS (or, on macOS, Accelerate); ``reason`` says why; ``shim``
+    is the forwarding library MLX binds to when ``library``'s symbols are prefixed.
     """
 
     library: str | None
     reason: str
+    shim: str | None = None
 
     @property
     def fast(self) -> bool:
@@ -63,15 +86,17 @@ _lib: ctypes.CDLL | None = None
 # (setter, getter) per BLAS, as each names them.
 _THREAD_FUNCTIONS = (
     ("openblas_set_num_threads", "openblas_get_num_threads"),
+    (f"{WHEEL_PREFIX}openblas_set_num_threads", f"{WHEEL_PREFIX}openblas_get_num_threads"),
     ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
     ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
 )
 
 
 def _loaded_path(name: str) -> str:
-    """Resolve a soname to the file the dynamic loader mapped, for messages."""
+    """Resolve a soname to the file the dynamic loader mapped, for messages; a path is that
+    file (matching it by name could find another, e.g. numpy's libscipy_openblas64_)."""
     maps = Path("/proc/self/maps")
-    if maps.exists():
+    if "/" not in name and maps.exists():
         stem = Path(name).name.split(".so")[0]
         for line in maps.read_text().splitlines():
             path = line.split()[-1]
@@ -80,16 +105,26 @@ def _loaded_path(name: str) -> str:
     return name
 
 
-def _try_load(name: str) -> str | None:
+def _try_load(name: str) -> BlasInfo | None:
+    """Load ``name`` globally, with the shim when its CBLAS names are prefixed; None when it
+    cannot be loaded or exports no ``cblas_sgemm`` under either name. ``reason`` is left empty
+    for the caller."""
     global _lib
     try:
         lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return None
-    if not hasattr(lib, "cblas_sgemm"):
+    # hasattr on a CDLL is how ctypes asks whether a library exports a symbol
+    if hasattr(lib, "cblas_sgemm"):
+        shim = None
+    elif hasattr(lib, f"{WHEEL_PREFIX}cblas_sgemm") and SHIM.is_file():
+        # loaded after the library: the shim's references to the prefixed names bind to it
+        ctypes.CDLL(str(SHIM), mode=ctypes.RTLD_GLOBAL)
+        shim = str(SHIM)
+    else:
         return None
     _lib = lib
-    return _loaded_path(name)
+    return BlasInfo(_loaded_path(name), "", shim)
 
 
 def _candidates() -> list[str]:
@@ -99,6 +134,56 @@ def _candidates() -> list[str]:
         if found and found not in names:
             names.append(found)
     return names
+
+
+def wheel_library() -> Path | None:
+    """The OpenBLAS of the ``scipy-openblas32`` wheel, or None where it is not installed."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    found = sorted((Path(spec.origin).parent / "lib").glob("libscipy_openblas*.so*"))
+    return found[0] if found else None
+
+
+def _load_explicit(choice: str) -> BlasInfo:
+    if choice.lower() == WHEEL_VALUE:
+        wheel = wheel_library()
+        if wheel is None:
+            raise OSError(
+                f"{ENV_VAR}={choice}: the scipy-openblas32 package is not installed; "
+                f"run `pip install scipy-openblas32`, or unset {ENV_VAR}"
+            )
+        name, reason = str(wheel), f"the scipy-openblas32 wheel, chosen by {ENV_VAR}={choice}"
+    else:
+        name, reason = choice, f"chosen by {ENV_VAR}"
+    info = _try_load(name)
+    if info is None:
+        shim_note = (
+            ""
+            if SHIM.is_file()
+            else f" ({SHIM.name}, needed for a prefixed OpenBLAS, is not built: run `pip install -e .`)"
+        )
+        raise OSError(
+            f"{ENV_VAR}={choice}: cannot load {name} as a CBLAS library exporting cblas_sgemm "
+            f"or {WHEEL_PREFIX}cblas_sgemm{shim_note}; give the path of libopenblas.so.0 or "
+            f"libmkl_rt.so, set {ENV_VAR}={WHEEL_VALUE}, or set {ENV_VAR}=off"
+        )
+    return BlasInfo(info.library, reason, info.shim)
+
+
+def _load_found() -> BlasInfo:
+    """The system's library, else the wheel's, else None (MLX's bundled BLAS)."""
+    for name in _candidates():
+        info = _try_load(name)
+        if info is not None:
+            return BlasInfo(info.library, "found on the system", info.shim)
+    wheel = wheel_library()
+    if wheel is None:
+        return BlasInfo(None, "no optimized BLAS installed")
+    info = _try_load(str(wheel))
+    if info is None:
+        return BlasInfo(None, f"{SHIM.name}, which {wheel.name} needs, is not built")
+    return BlasInfo(info.library, "the scipy-openblas32 wheel", info.shim)
 
 
 def load_fast_blas() -> BlasInfo:
@@ -118,20 +203,14 @@ def load_fast_blas() -> BlasInfo:
             "import diffusion_policy_mlx first",
         )
     elif choice:
-        path = _try_load(choice)
-        if path is None:
-            raise OSError(
-                f"{ENV_VAR}={choice}: cannot load it as a CBLAS library exporting cblas_sgemm; "
-                f"give the path of libopenblas.so.0 or libmkl_rt.so, or set {ENV_VAR}=off"
-            )
-        _info = BlasInfo(path, f"chosen by {ENV_VAR}")
+        _info = _load_explicit(choice)
     else:
-        path = next((p for p in map(_try_load, _candidates()) if p is not None), None)
-        _info = BlasInfo(path, "found on the system" if path else "no optimized BLAS installed")
+        _info = _load_found()
     if not _info.fast and sys.platform.startswith("linux") and choice.lower() not in _OFF_VALUES:
         remedy = (
-            "Install OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread) for ~30x "
-            "faster CPU training and inference"
+            "Reinstall the package (`pip install -e .` installs the scipy-openblas32 wheel and "
+            "builds its shim) or install a system OpenBLAS for ~30x faster CPU training and "
+            "inference"
             if "mlx.core" not in sys.modules
             else "Import diffusion_policy_mlx before mlx"
         )
@@ -153,7 +232,6 @@ def _thread_functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
     if _lib is None:
         return None
     for setter, getter in _THREAD_FUNCTIONS:
-        # hasattr on a CDLL is how ctypes asks whether a library exports a symbol
         if hasattr(_lib, setter) and hasattr(_lib, getter):
             return getattr(_lib, setter), getattr(_lib, getter)
     return None
@@ -187,6 +265,7 @@ if __name__ == "__main__":
     from diffusion_policy_mlx.model.common.few_row_matmul import kernel_status
 
     info = package_blas_info()
-    print(f"BLAS: {info.library or 'MLX bundled (reference)'} ({info.reason})")
+    via = f", through {info.shim}" if info.shim else ""
+    print(f"BLAS: {info.library or 'MLX bundled (reference)'} ({info.reason}{via})")
     print(f"few-row CPU kernel: {kernel_status()}")
     print(f"bfloat16 AMX convolutions (DP_MLX_CPU_WEIGHTS=bfloat16): {amx_status()}")

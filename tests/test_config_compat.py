@@ -228,6 +228,39 @@ def test_check_targets_lists_every_missing_target():
     assert "ok._target_" not in message
 
 
+def test_upstream_classes_not_ported_yet_list_what_is_supported():
+    cfg = translate_config(
+        OmegaConf.create(
+            {
+                "_target_": "diffusion_policy.workspace.train_ibc_dfo_lowdim_workspace.X",
+                "policy": {"_target_": "diffusion_policy.policy.bet_lowdim_policy.BETLowdimPolicy"},
+                "task": {
+                    "name": "kitchen_lowdim",
+                    "dataset": {"_target_": "diffusion_policy.dataset.kitchen_lowdim_dataset.K"},
+                },
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        config_compat.check_targets(cfg, shipped_tasks=["pusht_lowdim", "pusht_image"])
+    lines = str(info.value).splitlines()
+    assert "does not have yet" in lines[0]
+    workspace, policy, dataset, task = lines[1:]
+    assert workspace.startswith("  _target_: ") and "train_ibc_dfo_lowdim_workspace" in workspace
+    assert workspace.endswith(
+        "not supported yet; supported: train_diffusion_transformer_hybrid_workspace, "
+        "train_diffusion_transformer_lowdim_workspace, train_diffusion_unet_hybrid_workspace, "
+        "train_diffusion_unet_image_workspace, train_diffusion_unet_lowdim_workspace"
+    )
+    assert policy.startswith("  policy._target_: ") and "bet_lowdim_policy" in policy
+    assert "not supported yet; supported: diffusion_transformer_hybrid_image_policy" in policy
+    assert dataset.endswith("not supported yet; supported: pusht_dataset, pusht_image_dataset")
+    assert task == (
+        "task 'kitchen_lowdim' is not supported yet; supported tasks: pusht_image, pusht_lowdim."
+    )
+    assert "spelling" not in str(info.value)
+
+
 def test_hydra_instantiates_translated_targets():
     from hydra.utils import instantiate
 
@@ -270,6 +303,18 @@ def test_device_mapping():
         assert mlx_device(name) == expected
     with pytest.raises(ConfigError, match="'tpu:0' is not a device"):
         mlx_device("tpu:0")
+
+
+def test_gpu_fallback_warns_once_in_one_wording(monkeypatch, caplog):
+    monkeypatch.setattr(mx, "is_available", lambda device: False)
+    config_compat._warn_no_gpu.cache_clear()
+    with caplog.at_level("WARNING", logger=config_compat.__name__):
+        devices = [mlx_device(name) for name in ("gpu", "cuda:0", "mps", "cuda")]
+    assert devices == [mx.Device(mx.cpu)] * 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "this MLX build has no GPU backend: running on the CPU "
+        "(ask for device 'cpu' to skip this message)"
+    ]
 
 
 def test_translate_target_table():

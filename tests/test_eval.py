@@ -85,6 +85,8 @@ def test_eval_writes_log_and_videos(checkpoint, tmp_path):
     )
     assert f"eval log: {out / 'eval_log.json'}" in proc.stdout
     assert "EMA weights" in proc.stdout
+    # the debug run's last epoch is epoch 1 (its top-k file is epoch=0001-...)
+    assert f"checkpoint: {checkpoint} (epoch 1, 6 training steps)" in proc.stdout
 
 
 def test_eval_rolls_out_the_ema_policy(checkpoint, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.common.json_logger import read_json_log
@@ -120,6 +121,8 @@ def check_debug_run(run_dir: Path, name: str) -> None:
     for epoch, fname in enumerate(topk):
         match = re.fullmatch(r"epoch=(\d{4})-test_mean_score=(\d\.\d{3})\.ckpt", fname)
         assert match and int(match[1]) == epoch
+        # the number in the file name is the epoch that just finished, and loading says so
+        assert load_checkpoint(ckpt_dir / fname).finished_epoch == epoch
         score = logs[3 * epoch + 2]["test/mean_score"]
         assert float(match[2]) == pytest.approx(score, abs=5e-4)
 
@@ -127,7 +130,12 @@ def check_debug_run(run_dir: Path, name: str) -> None:
     assert (latest.state["epoch"], latest.state["global_step"]) == (2, 6)
     assert latest.cfg.name == name.removesuffix("_workspace")
     assert any(k.startswith("ema_model.") for k in latest.tensors)
-    assert any(k.startswith("optimizer.") for k in latest.tensors)
+    # debug checkpoints leave out the optimizer's moments, and the run said how large they are
+    assert latest.state["optimizer_moments"] is False
+    assert not [k for k, v in latest.tensors.items() if k.startswith("optimizer.") and v.ndim]
+    train_log = (run_dir / "train.log").read_text()
+    assert train_log.count("checkpoints: ") == 1
+    assert "each (model, EMA, no optimizer moments: training.debug) in " in train_log
     videos = sorted((run_dir / "media").glob("*.mp4"))
     assert len(videos) == 4 and all(v.stat().st_size > 0 for v in videos)
 
@@ -144,6 +152,25 @@ def test_unet_lowdim_trains_with_rollouts(lowdim_run):
     check_debug_run(lowdim_run, "train_diffusion_unet_lowdim_workspace")
     log_text = (lowdim_run / "train.log").read_text()
     assert "Resuming" not in log_text
+
+
+def test_a_debug_run_resumes_as_a_full_run_and_reports_the_epoch(lowdim_run, tmp_path, pusht_zarr):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lowdim_run, run_dir)
+    name = "train_diffusion_unet_lowdim_workspace"
+    extra = ["training.debug=False", "training.num_epochs=3", "training.max_train_steps=2"]
+    extra += ["training.max_val_steps=1", "training.rollout_every=1000"]
+    run_train(train_args(name, run_dir, pusht_zarr, *extra))
+    log_text = (run_dir / "train.log").read_text()
+    assert "holds no optimizer moments (a training.debug checkpoint)" in log_text
+    assert "Resumed after epoch 1 (6 training steps done)" in log_text
+    match = re.search(r"checkpoints: ([\d.]+) MB each \(model, EMA, optimizer\) in (\S+)", log_text)
+    assert match and Path(match[2]) == run_dir / "checkpoints"
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
+    assert (latest.finished_epoch, latest.state["optimizer_moments"]) == (2, True)
+    # the announced size is the tensors' bytes; the file adds its header and RNG state
+    size_mb = (run_dir / "checkpoints" / "latest.ckpt").stat().st_size / 1e6
+    assert float(match[1]) == pytest.approx(size_mb, rel=0.1)
 
 
 def test_resume_into_a_different_config_names_the_keys(lowdim_run, tmp_path, pusht_zarr):
@@ -200,6 +227,45 @@ def test_unknown_target_fails_before_any_work(tmp_path, pusht_zarr):
         proc.stderr
     )
     assert not (tmp_path / "run" / "logs.json.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            # README's sweep line as it was: no config named
+            ["-m", "training.seed=42,43", "hydra/launcher=joblib"],
+            "train.py: name a config with --config-name; the configs in ",
+        ),
+        (
+            ["--config-name=train_bet_lowdim_workspace"],
+            "train.py: --config-name=train_bet_lowdim_workspace: not supported yet; supported: ",
+        ),
+        (
+            ["-cn", "train_ibc_dfo_hybrid_workspace", "task=pusht_image"],
+            "train.py: --config-name=train_ibc_dfo_hybrid_workspace: not supported yet; ",
+        ),
+        (
+            [
+                "--config-name",
+                "train_diffusion_unet_lowdim_workspace",
+                "task=pusht_lowdim,can_lowdim",
+            ],
+            "train.py: task=can_lowdim: not supported yet; supported tasks: pusht_image, pusht_lowdim",
+        ),
+        (
+            ["--config-name=train_diffusion_unet_lowdim_workspac"],
+            "train.py: --config-name=train_diffusion_unet_lowdim_workspac: no such config in ",
+        ),
+    ],
+)
+def test_command_line_without_a_supported_config_says_what_is_there(tmp_path, args, message):
+    proc = run_train([*args, f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    if "task=" not in message:
+        assert "train_diffusion_unet_lowdim_workspace" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_data_that_does_not_fit_the_task_names_the_key_and_shapes(tmp_path, pusht_zarr):
@@ -288,6 +354,31 @@ def test_bad_data_stops_the_run_before_the_first_step(tmp_path):
 def test_each_workspace_trains_with_rollouts(tmp_path, pusht_zarr, name):
     run_train(train_args(name, tmp_path / "run", pusht_zarr))
     check_debug_run(tmp_path / "run", name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "config").glob("*.yaml")))
+def test_debug_run_of_every_shipped_config_at_its_own_size(tmp_path, pusht_zarr, name):
+    """What a user's smoke test runs; each takes 10-60 s on a 2-core CPU."""
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            f"--config-name={name}",
+            f"task={task_of(name)}",
+            f"task.dataset.zarr_path={pusht_zarr}",
+            f"hydra.run.dir={run_dir}",
+            "training.debug=True",
+        ]
+    )
+    logs = read_json_log(run_dir / "logs.json.txt")
+    assert [r["global_step"] for r in logs] == list(range(6))
+    assert {"val_loss", "train_action_mse_error", "test/mean_score"} <= logs[-1].keys()
+    assert len(list((run_dir / "media").glob("*.mp4"))) == 4
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
+    assert latest.state["optimizer_moments"] is False
+    # eval.py samples with the configured number of steps, not debug's
+    configured = OmegaConf.load(REPO / "config" / f"{name}.yaml").policy.num_inference_steps
+    assert latest.cfg.policy.num_inference_steps == configured
 
 
 @pytest.mark.slow

@@ -157,7 +157,7 @@ def test_a_killed_rank_stops_the_run_and_the_same_command_resumes(tmp_path, push
 
     resumed = launch(2, [*train_args[:-1], f"training.num_epochs={stopped.state['epoch'] + 2}"])
     out, _ = resumed.communicate(timeout=600)
-    assert f"Resumed at epoch {stopped.state['epoch']}" in out, out[-3000:]
+    assert f"Resumed after epoch {stopped.finished_epoch}" in out, out[-3000:]
     logs = read_json_log(run_dir / "logs.json.txt")
     assert logs[-1]["epoch"] == stopped.state["epoch"] + 1
     assert [r["global_step"] for r in logs] == list(range(len(logs)))

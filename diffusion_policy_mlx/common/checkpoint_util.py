@@ -72,6 +72,13 @@ class Checkpoint:
     cfg: DictConfig
     state: dict[str, Any]
 
+    @property
+    def finished_epoch(self) -> int | None:
+        """The epoch this checkpoint was saved at the end of, numbered as the logs and the top-k
+        file names number it (``epoch=0001-...`` is epoch 1, the second); None before any.
+        ``state["epoch"]`` is the count of finished epochs, where a resumed run continues."""
+        return int(self.state["epoch"]) - 1 if int(self.state["epoch"]) > 0 else None
+
     def group(self, prefix: str) -> dict[str, mx.array]:
         """Tensors under ``prefix.`` with the prefix removed."""
         head = prefix + "."
@@ -402,15 +409,22 @@ def optimizer_tensors(optimizer: optim.Optimizer, prefix: str = "optimizer") -> 
 
 
 def load_optimizer(
-    optimizer: optim.Optimizer, tensors: Mapping[str, mx.array], parameters: Mapping
+    optimizer: optim.Optimizer,
+    tensors: Mapping[str, mx.array],
+    parameters: Mapping,
+    moments: bool = True,
 ) -> None:
     """Restore optimizer state saved by :func:`optimizer_tensors` (prefix removed).
 
     ``parameters`` are the trainable parameters the optimizer updates; the state is checked
     against a freshly initialized one, so a mismatch names its keys instead of failing later.
+    ``moments=False``: ``tensors`` holds only the scalars (step, learning rates) and the
+    per-parameter state starts afresh, as from a ``training.debug`` checkpoint.
     """
     optimizer.init(parameters)
     reference = dict(tree_flatten(optimizer.state))
+    if not moments:
+        tensors = {**{k: v for k, v in reference.items() if v.ndim > 0}, **tensors}
     missing = sorted(reference.keys() - tensors.keys())
     # Scalars a fresh optimizer lacks are schedule bookkeeping (e.g. the LR scheduler's
     # ``initial_lr``), not per-parameter state.

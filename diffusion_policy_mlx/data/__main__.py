@@ -28,7 +28,16 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = get_spec(args.name)
     if args.command == "download":
-        download(spec, root=args.root, url=args.url, force=args.force, progress=not args.quiet)
+        try:
+            download(spec, root=args.root, url=args.url, force=args.force, progress=not args.quiet)
+        except (OSError, ValueError) as e:
+            # the network, the disk or the archive: one line that says what failed and the way
+            # around it, instead of a traceback (nothing is left behind; download() cleans up)
+            print(
+                f"{parser.prog}: downloading {spec.name} failed: {e} {spec.place_by_hand(args.root)}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     path = args.root / spec.path
     if not path.exists():

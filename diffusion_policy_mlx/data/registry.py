@@ -38,6 +38,17 @@ class RemoteDataset:
         command = f"{PACKAGE_COMMAND} download {self.name}"
         return command if root == Path("data") else f"{command} --root {root}"
 
+    def place_by_hand(self, root: Path = Path("data")) -> str:
+        """How to put this dataset in place without the download command, in one sentence."""
+        target = root / self.path
+        verify = f"{PACKAGE_COMMAND} verify {self.name}"
+        if root != Path("data"):
+            verify += f" --root {root}"
+        return (
+            f"To place it by hand: fetch {self.url} elsewhere, unzip it, move its {target.name} "
+            f"folder to {target.resolve()}, then check it with `{verify}`."
+        )
+
 
 DATASETS: dict[str, RemoteDataset] = {
     "pusht": RemoteDataset(

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="EPOCH=PATH",
-        help="eval.py's eval_log.json of the checkpoint saved after EPOCH epochs (repeatable)",
+        help="eval.py's eval_log.json of the checkpoint of epoch EPOCH, the number in its file "
+        "name and in eval.py's output (repeatable)",
     )
     args = parser.parse_args(argv)
     curves = read_curves(args.log)

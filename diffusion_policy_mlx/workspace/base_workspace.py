@@ -27,7 +27,7 @@ import mlx.optimizers as optim
 import numpy as np
 import tqdm
 from hydra.core.hydra_config import HydraConfig
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_policy_mlx import config_trust
@@ -58,6 +58,27 @@ log = logging.getLogger(__name__)
 Policy = BaseImagePolicy | BaseLowdimPolicy
 # Config keys whose change makes a checkpoint's tensors meaningless for the current run.
 CHECKPOINT_CONFIG_KEYS = (*checkpoint_util.STRUCTURAL_KEYS, "training.use_ema")
+
+# training.debug: every part of the loop (training, validation, sampling, rollouts, top-k and
+# latest checkpoints) runs, on a few small batches, in under 2 minutes on a 2-core CPU
+# whatever the config. The rollout and batch settings are caps on the config's values.
+DEBUG_TRAINING = {
+    "num_epochs": 2,
+    "max_train_steps": 3,
+    "max_val_steps": 3,
+    "rollout_every": 1,
+    "checkpoint_every": 1,
+    "val_every": 1,
+    "sample_every": 1,
+}
+DEBUG_ROLLOUT_CAPS = {"n_train": 1, "n_train_vis": 1, "n_test": 1, "n_test_vis": 1, "max_steps": 16}
+# Batches of the training and validation loaders are capped too: a step of the 263M-parameter
+# image U-Nets at their batch of 64 takes ~10 s on 2 cores.
+DEBUG_BATCH_SIZE = 16
+# The sampling MSE runs on this many rows of its batch, and every sample (rollouts too) takes
+# at most this many denoising steps; the checkpoint keeps the configured number for eval.py.
+DEBUG_SAMPLE_ROWS = 4
+DEBUG_INFERENCE_STEPS = 4
 
 
 class TrainStep:
@@ -226,6 +247,8 @@ class BaseWorkspace:
         self.global_step = 0
         self.epoch = 0
         self.topk_state: dict[str, Any] | None = None
+        # Checkpoints without the optimizer's moments (about half the bytes): training.debug's.
+        self.light_checkpoints = False
 
         seed = self.cfg.training.seed
         np.random.seed(seed)
@@ -262,13 +285,23 @@ class BaseWorkspace:
     def get_checkpoint_path(self, tag: str = "latest") -> Path:
         return self.output_dir / "checkpoints" / f"{tag}.ckpt"
 
-    def save_checkpoint(self, path: str | Path | None = None, tag: str = "latest") -> Path:
-        """Write model, EMA model, optimizer, counters and RNG state atomically to ``path``."""
-        path = self.get_checkpoint_path(tag) if path is None else Path(path)
+    def checkpoint_tensors(self) -> dict[str, mx.array]:
+        """What :meth:`save_checkpoint` writes besides the RNG state: the model, the EMA model
+        and the optimizer state (with ``light_checkpoints``, without its per-parameter
+        moments)."""
         tensors = checkpoint_util.module_tensors(self.model, "model")
         if self.ema_model is not None:
             tensors |= checkpoint_util.module_tensors(self.ema_model, "ema_model")
-        tensors |= checkpoint_util.optimizer_tensors(self.optimizer, "optimizer")
+        optimizer = checkpoint_util.optimizer_tensors(self.optimizer, "optimizer")
+        if self.light_checkpoints:
+            # the step count and learning rates, where the LR schedule resumes; not the moments
+            optimizer = {k: v for k, v in optimizer.items() if v.ndim == 0}
+        return tensors | optimizer
+
+    def save_checkpoint(self, path: str | Path | None = None, tag: str = "latest") -> Path:
+        """Write model, EMA model, optimizer, counters and RNG state atomically to ``path``."""
+        path = self.get_checkpoint_path(tag) if path is None else Path(path)
+        tensors = self.checkpoint_tensors()
         rng_tensors, rng_state = checkpoint_util.rng_state()
         tensors |= rng_tensors
         state = {
@@ -278,6 +311,7 @@ class BaseWorkspace:
             "rng": rng_state,
             "topk": self.topk_state,
             "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizer_moments": not self.light_checkpoints,
         }
         return checkpoint_util.save_checkpoint(path, tensors, self.cfg, state)
 
@@ -299,8 +333,12 @@ class BaseWorkspace:
             checkpoint_util.load_module(self.model, ckpt.group("model"), "policy")
             if self.ema_model is not None:
                 checkpoint_util.load_module(self.ema_model, ckpt.group("ema_model"), "EMA policy")
+            moments = ckpt.state.get("optimizer_moments", True)
             checkpoint_util.load_optimizer(
-                self.optimizer, ckpt.group("optimizer"), self.model.trainable_parameters()
+                self.optimizer,
+                ckpt.group("optimizer"),
+                self.model.trainable_parameters(),
+                moments=moments,
             )
         except CheckpointMismatchError as e:
             changed = "\n  ".join(diff) if diff else "(no differences in the policy config)"
@@ -308,6 +346,11 @@ class BaseWorkspace:
                 f"{ckpt.path} was written by a different configuration.\n"
                 f"Config changes (checkpoint -> current):\n  {changed}\n{e}"
             ) from None
+        if not moments:
+            log.info(
+                "%s holds no optimizer moments (a training.debug checkpoint): they start from zero",
+                ckpt.path,
+            )
         if diff:
             log.warning(
                 "checkpoint %s was written with a different policy config (tensors still fit):"
@@ -386,12 +429,18 @@ class BaseWorkspace:
 
     def _train(self, group: mx.distributed.Group | None) -> None:
         cfg = copy.deepcopy(self.cfg)
+        if cfg.training.debug:
+            self._apply_debug(cfg)
         latest = self.get_checkpoint_path()
         resumed = bool(cfg.training.resume) and latest.is_file()
         if resumed:
             log.info("Resuming from checkpoint %s", latest)
-            self.load_checkpoint(path=latest)
-            log.info("Resumed at epoch %d, global step %d", self.epoch, self.global_step)
+            epoch = self.load_checkpoint(path=latest).finished_epoch
+            log.info(
+                "Resumed %s (%d training steps done)",
+                "before the first epoch" if epoch is None else f"after epoch {epoch}",
+                self.global_step,
+            )
 
         rank, world_size = distributed.rank_of(group), distributed.world_size_of(group)
         main = rank == 0
@@ -447,15 +496,6 @@ class BaseWorkspace:
                 latest,
             )
 
-        if cfg.training.debug:
-            with open_dict(cfg):
-                cfg.training.num_epochs = 2
-                cfg.training.max_train_steps = 3
-                cfg.training.max_val_steps = 3
-                cfg.training.rollout_every = 1
-                cfg.training.checkpoint_every = 1
-                cfg.training.val_every = 1
-                cfg.training.sample_every = 1
         training = cfg.training
 
         self.policy_train_mode()
@@ -467,6 +507,10 @@ class BaseWorkspace:
         )
         # The first batch of epoch 0, also after a resume, so the metric means the same thing.
         sampling_batch = train_loader.load_batch(train_loader.batch_indices(0)[0]) if main else None
+        if main and cfg.training.debug:
+            sampling_batch = tree_map(lambda x: x[:DEBUG_SAMPLE_ROWS], sampling_batch)
+        if main:
+            self._report_checkpoint_size()
         wandb_run = init_wandb(cfg, self.output_dir) if main else WandbRun(None)
         resume_step = self.global_step if resumed else None
         logs = self.output_dir / "logs.json.txt"
@@ -511,6 +555,38 @@ class BaseWorkspace:
                     distributed.sync_random_state(group)
         finally:
             wandb_run.finish()
+
+    def _apply_debug(self, cfg: DictConfig) -> None:
+        """``training.debug``: shorten the run (:data:`DEBUG_TRAINING`), cap the rollouts, the
+        batches and the sampling steps, and write checkpoints without the optimizer's moments."""
+        with open_dict(cfg):
+            cfg.training.update(DEBUG_TRAINING)
+            caps = [(cfg.task.env_runner, DEBUG_ROLLOUT_CAPS)] + [
+                (loader, {"batch_size": DEBUG_BATCH_SIZE})
+                for loader in (cfg.dataloader, cfg.val_dataloader)
+            ]
+            for node, node_caps in caps:
+                for key, cap in node_caps.items():
+                    if node.get(key) is not None:
+                        node[key] = min(int(node[key]), cap)
+        for policy in (self.model, self.ema_model):
+            if policy is not None:
+                policy.num_inference_steps = min(policy.num_inference_steps, DEBUG_INFERENCE_STEPS)
+        self.light_checkpoints = True
+
+    def _report_checkpoint_size(self) -> None:
+        """Say once, before training, how large each checkpoint will be and where they go."""
+        nbytes = sum(v.nbytes for v in self.checkpoint_tensors().values())
+        parts = ["model"] + (["EMA"] if self.ema_model is not None else [])
+        parts.append(
+            "no optimizer moments: training.debug" if self.light_checkpoints else "optimizer"
+        )
+        log.info(
+            "checkpoints: %s each (%s) in %s",
+            _human_bytes(nbytes),
+            ", ".join(parts),
+            self.output_dir / "checkpoints",
+        )
 
     def _train_epoch(
         self,
@@ -658,6 +734,10 @@ def _link_or_save(latest: Path, path: Path, save: Any) -> None:
         os.link(latest, path)
     except OSError:
         save(path=path)
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _global_batch_size(cfg: DictConfig, world_size: int) -> int:

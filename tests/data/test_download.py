@@ -1,6 +1,9 @@
 """Downloading PushT from a local HTTP server that serves an archive of the shared data."""
 
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from functools import partial
@@ -146,6 +149,27 @@ def test_command_line(server, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["verify", "pusht", "--root", str(tmp_path / "empty")])
     assert "python -m diffusion_policy_mlx.data download pusht --root" in capsys.readouterr().err
+
+
+def test_failed_download_is_one_line_that_says_how_to_place_the_data(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "d"
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_policy_mlx.data", "download", "pusht", "--quiet"]
+        + ["--root", str(root), "--url", f"http://127.0.0.1:{port}/pusht.zip"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if "Warning" not in line]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("python -m diffusion_policy_mlx.data: downloading pusht failed: ")
+    assert f"Could not download http://127.0.0.1:{port}/pusht.zip" in lines[0]
+    assert str((root / PUSHT.path).resolve()) in lines[0]
+    assert f"verify pusht --root {root}" in lines[0]
+    assert _leftovers(root) == [] and not (root / PUSHT.path).exists()
 
 
 @pytest.mark.slow

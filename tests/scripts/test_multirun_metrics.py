@@ -36,6 +36,20 @@ def test_cli_prints_a_markdown_table(tmp_path, capsys):
     assert out[2] == "| (defaults) | 1 | 0.750 ± 0.000 | 0.750 ± 0.000 |"
 
 
+def test_fewer_values_than_k_says_how_many_were_averaged(tmp_path, capsys):
+    _job(tmp_path, "0", ["task=a", "training.seed=1"], [0.2, 0.4])
+    _job(tmp_path, "1", ["task=a", "training.seed=2"], [0.1, 0.3, 0.5])
+    _job(tmp_path, "2", ["task=b", "training.seed=1"], [0.6, 0.8])
+    a, b = sweep_metrics(tmp_path, k=10)
+    assert (a.n_last, b.n_last) == ((2, 3), (2, 2))
+    assert a.last_k_mean == pytest.approx((0.3 + 0.3) / 2)
+    main([str(tmp_path), "-k", "10"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| configuration | seeds | max test/mean_score | mean of last k |"
+    assert out[2] == "| task=a | 2 | 0.450 ± 0.050 | 0.300 ± 0.000 (k=2-3) |"
+    assert out[3] == "| task=b | 1 | 0.800 ± 0.000 | 0.700 ± 0.000 (k=2) |"
+
+
 def test_errors_name_the_folder_and_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*/logs.json.txt"):
         sweep_metrics(tmp_path)

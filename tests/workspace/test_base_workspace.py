@@ -270,6 +270,56 @@ def test_workspace_checkpoint_round_trip(tmp_path):
     assert mx.array_equal(mx.random.uniform(shape=(2,)), after_save)
 
 
+def test_debug_caps_rollouts_and_sampling_and_drops_the_optimizer_moments(tmp_path):
+    workspace = _trained_workspace(tmp_path, overrides=["policy.num_inference_steps=10"])
+    full = sum(v.nbytes for v in workspace.checkpoint_tensors().values())
+    cfg = copy.deepcopy(workspace.cfg)
+    cfg.task.env_runner.n_test = 3
+    cfg.task.env_runner.n_train_vis = 0
+    cfg.val_dataloader.batch_size = 8
+    workspace._apply_debug(cfg)
+    assert (cfg.dataloader.batch_size, cfg.val_dataloader.batch_size) == (16, 8)
+    runner = cfg.task.env_runner
+    # caps, not settings: a smaller value stays
+    assert (runner.n_train, runner.n_train_vis, runner.n_test, runner.n_test_vis) == (1, 0, 1, 1)
+    assert runner.max_steps == base_workspace.DEBUG_ROLLOUT_CAPS["max_steps"]
+    assert (cfg.training.num_epochs, cfg.training.max_train_steps, cfg.training.rollout_every) == (
+        2,
+        3,
+        1,
+    )
+    assert workspace.model.num_inference_steps == workspace.ema_model.num_inference_steps == 4
+    # the workspace's own config, which checkpoints store for eval.py, keeps the full sampler
+    assert workspace.cfg.policy.num_inference_steps == 10
+    light = workspace.checkpoint_tensors()
+    assert sorted(k for k in light if k.startswith("optimizer.")) == [
+        "optimizer.learning_rate",
+        "optimizer.step",
+    ]
+    assert sum(v.nbytes for v in light.values()) < 0.6 * full
+
+
+def test_a_debug_checkpoint_resumes_with_fresh_optimizer_moments(tmp_path, caplog):
+    workspace = _trained_workspace(tmp_path)
+    workspace.light_checkpoints = True
+    path = workspace.save_checkpoint()
+    restored = TrainDiffusionUnetLowdimWorkspace(_cfg(), output_dir=tmp_path / "other")
+    with caplog.at_level(logging.INFO):
+        ckpt = restored.load_checkpoint(path)
+    assert ckpt.state["optimizer_moments"] is False and ckpt.finished_epoch == 2
+    assert "holds no optimizer moments" in caplog.text
+    # the step count and learning rate come back, so the LR schedule resumes where it was
+    assert restored.optimizer.state["step"].item() == 2
+    assert restored.optimizer.learning_rate.item() == workspace.optimizer.learning_rate.item()
+    moments = dict(tree_flatten(restored.optimizer.state))
+    assert all(not mx.any(v).item() for k, v in moments.items() if v.ndim)
+    assert (restored.epoch, restored.global_step) == (3, 41)
+    np.testing.assert_array_equal(
+        _flat(workspace.ema_model)["model.final_conv.1.weight"],
+        _flat(restored.ema_model)["model.final_conv.1.weight"],
+    )
+
+
 def test_loading_into_another_config_names_keys(tmp_path):
     path = _trained_workspace(tmp_path).save_checkpoint()
     other = TrainDiffusionUnetLowdimWorkspace(
