@@ -42,8 +42,10 @@ def upstream_config_dir() -> Path:
 @pytest.fixture(scope="session")
 def pusht_zarr(request: pytest.FixtureRequest) -> Path:
     """Upstream's recorded PushT demonstrations (see ``data_sources.find_pusht``)."""
+    # no cache under `-p no:cacheprovider`: the data is then verified once per session
+    cache = getattr(request.config, "cache", None)
     try:
-        return find_pusht(REPO, SHARED, request.config.cache)
+        return find_pusht(REPO, SHARED, cache)
     except LookupError as missing:
         pytest.skip(str(missing))
 

@@ -28,21 +28,23 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def verification_problem(zarr_path: Path, cache: Cache) -> str | None:
+def verification_problem(zarr_path: Path, cache: Cache | None) -> str | None:
     """None when ``zarr_path`` holds the published PushT arrays, else why not. Checking every
-    digest takes seconds, so a pass is remembered until a file under the zarr changes."""
+    digest takes seconds, so a pass is remembered in ``cache`` until a file under the zarr
+    changes."""
     stamp = {"path": str(zarr_path), "fingerprint": fingerprint(zarr_path)}
-    if cache.get(VERIFIED_CACHE_KEY, None) == stamp:
+    if cache is not None and cache.get(VERIFIED_CACHE_KEY, None) == stamp:
         return None
     try:
         verify(zarr_path, PUSHT, progress=False)
     except ValueError as error:
         return str(error)
-    cache.set(VERIFIED_CACHE_KEY, stamp)
+    if cache is not None:
+        cache.set(VERIFIED_CACHE_KEY, stamp)
     return None
 
 
-def find_pusht(repo: Path, shared: Path, cache: Cache) -> Path:
+def find_pusht(repo: Path, shared: Path, cache: Cache | None) -> Path:
     """``repo/data/pusht/...`` if verified, else ``shared/data/pusht/...`` if present; otherwise
     a LookupError whose message says how to get the data."""
     local = repo / "data" / PUSHT.path

@@ -50,6 +50,13 @@ def test_verified_local_copy_wins_and_the_pass_is_remembered(tmp_path, verify_ca
     assert verify_calls == [local, local]
 
 
+def test_without_a_cache_every_session_verifies(tmp_path, verify_calls):
+    local = fake_zarr(tmp_path / "repo")
+    assert find_pusht(tmp_path / "repo", tmp_path / "shared", None) == local
+    assert find_pusht(tmp_path / "repo", tmp_path / "shared", None) == local
+    assert verify_calls == [local, local]
+
+
 def test_local_copy_that_fails_verification_gives_way_to_the_shared_one(tmp_path):
     fake_zarr(tmp_path / "repo")
     shared = fake_zarr(tmp_path / "shared")
