@@ -1,45 +1,53 @@
 """Shared test fixtures: where the upstream fixtures and the PushT data live.
 
-``DP_MLX_SHARED`` names the shared folder; by default it is ``../shared`` next to the checkout.
+Upstream's numbers and configs are in the repository (``tests/fixtures/``). The PushT data is
+``data/pusht/pusht_cchi_v7_replay.zarr``, where ``python -m diffusion_policy_mlx.data download
+pusht`` puts it, once it holds the published arrays. A shared folder (``DP_MLX_SHARED``, by
+default ``../shared`` next to the checkout) is an optional second source for both.
 """
 
 import os
 from pathlib import Path
 
 import pytest
+from data_sources import find_pusht
 
 # Before any test module imports mlx.core: the package loads the fast CPU BLAS on import.
 import diffusion_policy_mlx  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DP_MLX_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "upstream"
-UPSTREAM_CONFIG = SHARED / "fixtures" / "upstream_config"
-PUSHT_ZARR = SHARED / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (set DP_MLX_SHARED to the shared folder)")
-    return path
+def _first_existing(*candidates: Path) -> Path:
+    for path in candidates:
+        if path.exists():
+            return path
+    pytest.skip(f"none of {', '.join(map(str, candidates))} exists")
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``shared/fixtures/upstream``: numbers produced by upstream's PyTorch code."""
-    return _require(FIXTURES)
+    """Numbers produced by upstream's PyTorch code (``tests/fixtures/README.md``)."""
+    return _first_existing(FIXTURES / "upstream", SHARED / "fixtures" / "upstream")
 
 
 @pytest.fixture(scope="session")
 def upstream_config_dir() -> Path:
-    """``shared/fixtures/upstream_config``: upstream's own workspace and task YAML files."""
-    return _require(UPSTREAM_CONFIG)
+    """Upstream's own workspace and task YAML files."""
+    return _first_existing(FIXTURES / "upstream_config", SHARED / "fixtures" / "upstream_config")
 
 
 @pytest.fixture(scope="session")
-def pusht_zarr() -> Path:
-    """Upstream's recorded PushT demonstrations."""
-    return _require(PUSHT_ZARR)
+def pusht_zarr(request: pytest.FixtureRequest) -> Path:
+    """Upstream's recorded PushT demonstrations (see ``data_sources.find_pusht``)."""
+    # no cache under `-p no:cacheprovider`: the data is then verified once per session
+    cache = getattr(request.config, "cache", None)
+    try:
+        return find_pusht(REPO, SHARED, cache)
+    except LookupError as missing:
+        pytest.skip(str(missing))
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ def test_samples_equal_upstream(dataset, fixture, idx):
     image = sample["obs"]["image"]
     assert image.shape == (16, 3, 96, 96) and image.dtype == np.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
-    np.testing.assert_array_equal(image, fixture[f"output.train_sample_{idx}.obs.image"])
+    # stored as uint8 k: upstream's float32 image is exactly k / 255
+    expected = fixture[f"output.train_sample_{idx}.obs.image_uint8"] / np.float32(255)
+    np.testing.assert_array_equal(image, expected)
     np.testing.assert_array_equal(
         sample["obs"]["agent_pos"], fixture[f"output.train_sample_{idx}.obs.agent_pos"]
     )
@@ -68,7 +70,7 @@ def test_samples_equal_upstream(dataset, fixture, idx):
 def test_padding_and_raw_frame(dataset, fixture):
     # sample 0 starts one step before its episode: steps 0 and 1 are both the first frame
     image = dataset[0]["obs"]["image"]
-    raw = fixture["output.train_sample_0.obs.image_raw_t1"]
+    raw = fixture["output.train_sample_0.obs.image_raw_t1_uint8"].astype(np.float32)
     np.testing.assert_array_equal(image[0], image[1])
     np.testing.assert_array_equal(image[1], np.moveaxis(raw, -1, 0) / 255)
 

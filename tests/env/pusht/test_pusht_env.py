@@ -1,7 +1,7 @@
 """PushTEnv against upstream: seeded resets, physics replays, rewards, contacts, rendering.
 
-Oracles: ``shared/fixtures/upstream/env_pusht.*`` (upstream's env on pymunk 6.2.1, see the
-fixtures README section 7) and the recorded dataset ``pusht_cchi_v7_replay.zarr``.
+Oracles: ``tests/fixtures/upstream/env_pusht.*`` (upstream's env on pymunk 6.2.1, see
+``tests/fixtures/README.md``) and the recorded dataset ``pusht_cchi_v7_replay.zarr``.
 """
 
 from pathlib import Path

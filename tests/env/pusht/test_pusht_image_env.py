@@ -20,7 +20,9 @@ def test_reset_observations_match_upstream(fx):
     for i, seed in enumerate(fx["input.image_env.seeds"]):
         obs, _ = env.reset(seed=int(seed))
         assert obs["image"].dtype == np.float32 and obs["image"].shape == (3, 96, 96)
-        np.testing.assert_array_equal(obs["image"], fx["output.image_env.reset_obs.image"][i])
+        # stored as uint8 k: upstream's float32 image is exactly k / 255
+        expected = fx["output.image_env.reset_obs.image_uint8"][i] / np.float32(255)
+        np.testing.assert_array_equal(obs["image"], expected)
         np.testing.assert_allclose(
             obs["agent_pos"], fx["output.image_env.reset_obs.agent_pos"][i], atol=1e-9
         )

@@ -72,7 +72,7 @@ def test_fit_reproduces_upstream_image_normalizer(replay, fixtures_dir):
         for key, value in normalizer.normalize(sample).items():
             expected = ref[f"output.train_sample_{i}.normalized.{key}"]
             np.testing.assert_allclose(np.array(value), expected, atol=1e-5)
-        image = ref[f"output.train_sample_{i}.obs.image"]
+        image = ref[f"output.train_sample_{i}.obs.image_uint8"] / np.float32(255)
         np.testing.assert_array_equal(np.array(normalizer["image"].normalize(image)), image * 2 - 1)
 
 

@@ -5,7 +5,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from safetensors.numpy import load_file
 
 from diffusion_policy_mlx.common.upstream import load_upstream_state_dict
@@ -126,9 +126,8 @@ def test_local_cond_quirk_second_encoder_unused_and_frozen(fixtures_dir):
     sample, timestep = mx.array(t["input.sample"]), mx.array(t["input.timestep"])
     before = model(sample, timestep, **cond_kwargs(t))
     # Upstream's up path never adds local_cond_encoder.1: scrambling it changes nothing ...
-    model.local_cond_encoder[1].update(
-        {"cond_encoder": [{}, {"weight": mx.ones((64, 32)), "bias": mx.ones((64,))}]}
-    )
+    unused = model.local_cond_encoder[1]
+    unused.update(tree_map(mx.ones_like, unused.parameters()))
     np.testing.assert_array_equal(
         np.array(model(sample, timestep, **cond_kwargs(t))), np.array(before)
     )
