@@ -12,6 +12,7 @@ dicts and lists by :func:`config_to_container`), and every other global is refus
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import zipfile
@@ -145,6 +146,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._storage_types = {self._globals[("torch", name)]: name for name in _STORAGE_DTYPES}
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles spell globals the Python 2 way (__builtin__, copy_reg): map them as
+        # pickle itself would, so the allow-list and the messages use today's names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return self._globals[(module, name)]
         except KeyError:
