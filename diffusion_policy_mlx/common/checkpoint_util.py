@@ -215,7 +215,8 @@ def _read_header(path: Path) -> dict[str, Any]:
         if head.startswith(b"PK\x03\x04"):
             raise CheckpointError(
                 f"{path} is a zip archive, not a safetensors checkpoint: probably an upstream "
-                "PyTorch checkpoint, which this package does not unpickle"
+                "PyTorch checkpoint; convert it first with `python -m "
+                f"diffusion_policy_mlx.scripts.import_upstream {path} -o NEW.ckpt`"
             )
         (header_len,) = struct.unpack("<Q", head)
         first = f.read(1)

@@ -58,6 +58,19 @@ def _layout_converters(
     return converters
 
 
+def to_mlx_layout(module: nn.Module, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{upstream name: array in PyTorch layout}`` -> the same names in ``module``'s MLX layout.
+
+    For tensors shaped like parameters that are not parameters, e.g. AdamW's moments.
+    """
+    converters = _layout_converters(module)
+    out = {}
+    for key, raw in arrays.items():
+        value = np.asarray(raw)
+        out[key] = np.ascontiguousarray(converters[key][0](value) if key in converters else value)
+    return out
+
+
 def _is_ignored(key: str, value: np.ndarray) -> bool:
     # Entries torch writes that carry no state for us: BatchNorm's step counter (only used
     # when momentum=None, which upstream never sets) and the zero-size placeholder upstream's

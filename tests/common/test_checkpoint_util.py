@@ -258,7 +258,7 @@ def test_corrupt_header_and_foreign_files(saved, tmp_path):
 
     torch_like = tmp_path / "upstream.ckpt"
     torch_like.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="zip archive.*PyTorch"):
+    with pytest.raises(CheckpointError, match="zip archive.*PyTorch.*scripts.import_upstream"):
         cu.load_checkpoint(torch_like)
 
     plain = tmp_path / "plain.safetensors"

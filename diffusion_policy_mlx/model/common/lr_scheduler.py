@@ -16,7 +16,7 @@ import numpy as np
 LrLambda = Callable[[int], float]
 
 
-def _param_groups(optimizer: optim.Optimizer) -> list[optim.Optimizer]:
+def param_groups(optimizer: optim.Optimizer) -> list[optim.Optimizer]:
     """The optimizers whose learning rates are scheduled: a MultiOptimizer's parts, each like
     a torch param group with its own base rate."""
     if isinstance(optimizer, optim.MultiOptimizer):
@@ -43,7 +43,7 @@ class LambdaLR:
     def __init__(self, optimizer: optim.Optimizer, lr_lambda: LrLambda, last_epoch: int = -1):
         self.optimizer = optimizer
         self.lr_lambda = lr_lambda
-        groups = _param_groups(optimizer)
+        groups = param_groups(optimizer)
         if last_epoch != -1:
             missing = [i for i, g in enumerate(groups) if "initial_lr" not in g.state]
             if missing:
@@ -66,7 +66,7 @@ class LambdaLR:
     def _apply(self) -> None:
         factor = self.lr_lambda(self.last_epoch)
         self._last_lr = [base * factor for base in self.base_lrs]
-        for g, lr in zip(_param_groups(self.optimizer), self._last_lr, strict=True):
+        for g, lr in zip(param_groups(self.optimizer), self._last_lr, strict=True):
             g.learning_rate = lr
 
     def get_last_lr(self) -> list[float]:
@@ -80,7 +80,7 @@ class LambdaLR:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output and set the optimizer's rates to match."""
         base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
-        groups = _param_groups(self.optimizer)
+        groups = param_groups(self.optimizer)
         if len(base_lrs) != len(groups):
             raise ValueError(
                 f"LR scheduler state has {len(base_lrs)} base rates but the optimizer has "
@@ -178,7 +178,7 @@ def get_polynomial_decay_schedule_with_warmup(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """Linear warmup, then polynomial decay (``power``) to ``lr_end`` at ``num_training_steps``."""
-    first = _param_groups(optimizer)[0]
+    first = param_groups(optimizer)[0]
     lr_init = _as_float(first.state.get("initial_lr", first.learning_rate))
     if not lr_init > lr_end:
         raise ValueError(f"lr_end ({lr_end}) must be below the initial lr ({lr_init})")
