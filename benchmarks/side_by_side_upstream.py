@@ -8,7 +8,9 @@ running upstream's script directly:
   so they are hidden from it (upstream's training needs none of them);
 - upstream builds its environment runner at start, and its PushT runner needs gym 0.21. The
   side-by-side run evaluates every checkpoint afterwards with this package's runner instead, so
-  ``task.env_runner._target_=side_by_side_upstream.NullRunner`` stands in for it during training.
+  a runner that rolls nothing out takes the place of upstream's ``PushTKeypointsRunner`` module
+  during training. The config keeps upstream's own target, so its checkpoints import as any
+  upstream checkpoint does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ if str(UPSTREAM) not in sys.path:
 from diffusion_policy.env_runner.base_lowdim_runner import BaseLowdimRunner  # noqa: E402
 
 
-class NullRunner(BaseLowdimRunner):
+class PushTKeypointsRunner(BaseLowdimRunner):
     """Takes the runner's config keys and rolls nothing out: the rollouts happen later, from
     the checkpoints, in this package's simulator."""
 
@@ -41,6 +44,11 @@ class NullRunner(BaseLowdimRunner):
 
     def run(self, policy: Any) -> dict[str, float]:
         return {}
+
+
+_runner_module = types.ModuleType("diffusion_policy.env_runner.pusht_keypoints_runner")
+_runner_module.PushTKeypointsRunner = PushTKeypointsRunner
+sys.modules[_runner_module.__name__] = _runner_module
 
 
 def main(argv: list[str]) -> None:

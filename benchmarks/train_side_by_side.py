@@ -116,7 +116,6 @@ def training_command(run: Run, args: argparse.Namespace) -> list[str]:
         f"--config-name={CONFIG}",
         *overrides,
         f"training.device={args.upstream_device}",
-        "task.env_runner._target_=side_by_side_upstream.NullRunner",
     ]
 
 
