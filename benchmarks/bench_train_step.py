@@ -36,7 +36,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.common.pytree import dict_apply
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel

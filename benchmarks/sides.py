@@ -182,7 +182,7 @@ class OursSide(Side):
 
     def fit_normalizer(self, batch: dict[str, Any]) -> None:
         """Fit the normalizer on ``batch`` the way the task's dataset does (images: [0,1] range)."""
-        from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+        from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
         from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
         normalizer = LinearNormalizer()

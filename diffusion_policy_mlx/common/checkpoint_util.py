@@ -27,7 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.common.fitted_module import FittedModule
 
 FORMAT = "diffusion_policy_mlx.checkpoint"
 VERSION = 1
@@ -204,7 +204,7 @@ def module_tensors(module: nn.Module, prefix: str) -> dict[str, mx.array]:
 
 
 def _normalizer_paths(module: nn.Module) -> list[str]:
-    return [name for name, m in module.named_modules() if isinstance(m, LinearNormalizer)]
+    return [name for name, m in module.named_modules() if isinstance(m, FittedModule)]
 
 
 def load_module(module: nn.Module, tensors: Mapping[str, mx.array], what: str) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 import mlx.core as mx
 import numpy as np
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
 from diffusion_policy_mlx.common.sampler import SequenceSampler, downsample_mask, get_val_mask
 from diffusion_policy_mlx.data.registry import require_dataset
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 
