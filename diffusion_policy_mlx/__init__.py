@@ -6,7 +6,7 @@ settings of :mod:`.cuda_defaults` where the user has not set them, and without a
 setting of :mod:`.common.cpu_streams` and the ``malloc`` setting of :mod:`.cpu_malloc`.
 """
 
-from diffusion_policy_mlx.blas import blas_info, load_fast_blas
+from diffusion_policy_mlx.accel.blas import blas_info, load_fast_blas
 
 load_fast_blas()
 

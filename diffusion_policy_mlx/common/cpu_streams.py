@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
-from diffusion_policy_mlx import blas
+from diffusion_policy_mlx.accel import blas
 from diffusion_policy_mlx.common.distributed import Shard, batch_shard, shard_bounds
 
 R = TypeVar("R")

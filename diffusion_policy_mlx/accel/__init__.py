@@ -1,0 +1,1 @@
+"""Speed machinery: the fast CPU BLAS, CPU streams and the CPU and CUDA kernels."""
