@@ -33,7 +33,7 @@ def measure() -> None:
     import mlx.core as mx
     import mlx.nn as nn
 
-    from diffusion_policy_mlx.model.common import few_row_matmul
+    from diffusion_policy_mlx.accel import few_row_matmul
     from diffusion_policy_mlx.model.diffusion.conv1d_components import (
         conv1d_few_rows,
         few_rows_limit,

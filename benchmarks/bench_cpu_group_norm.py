@@ -29,8 +29,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from diffusion_policy_mlx.model.common import few_row_matmul, group_norm
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm
+from diffusion_policy_mlx.accel import few_row_matmul, group_norm
+from diffusion_policy_mlx.accel.group_norm import GroupNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_ab import CASES, compare_paths  # noqa: E402

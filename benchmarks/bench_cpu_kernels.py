@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel import few_row_matmul
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_ab import CASES, compare_paths  # noqa: E402

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import cpu_streams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_ab import compare_paths  # noqa: E402

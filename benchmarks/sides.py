@@ -30,7 +30,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import cpu_streams
 from diffusion_policy_mlx.common.upstream import load_upstream_state_dict
 from diffusion_policy_mlx.config_compat import translate_config
 from diffusion_policy_mlx.workspace.base_workspace import TrainStep

@@ -15,9 +15,9 @@ load_fast_blas()
 import mlx.core as mx  # noqa: E402
 
 from diffusion_policy_mlx import config_compat  # noqa: E402, F401
-from diffusion_policy_mlx.common.cpu_streams import apply_cpu_defaults  # noqa: E402
-from diffusion_policy_mlx.cpu_malloc import keep_freed_memory  # noqa: E402
-from diffusion_policy_mlx.cuda_defaults import apply_cuda_defaults  # noqa: E402
+from diffusion_policy_mlx.accel.cpu_streams import apply_cpu_defaults  # noqa: E402
+from diffusion_policy_mlx.accel.cuda_defaults import apply_cuda_defaults  # noqa: E402
+from diffusion_policy_mlx.accel.malloc import keep_freed_memory  # noqa: E402
 
 apply_cuda_defaults(mx.cuda.is_available())
 gpu_available = mx.is_available(mx.gpu)

@@ -46,7 +46,7 @@ def pusht_zarr() -> Path:
 def cpu_kernels():
     """The package's CPU extension (``diffusion_policy_mlx._cpu_kernels``): skips the test
     where it is not in use, and fails it instead under ``DP_MLX_REQUIRE_CPU_KERNELS`` (CI)."""
-    from diffusion_policy_mlx.model.common import few_row_matmul
+    from diffusion_policy_mlx.accel import few_row_matmul
 
     module = few_row_matmul.extension()
     if module is None:

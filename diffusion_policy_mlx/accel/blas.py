@@ -182,9 +182,9 @@ def set_num_threads(n: int) -> bool:
 if __name__ == "__main__":
     # `python -m` runs this file as a second module, after the package import loaded the BLAS
     # through the first: ask that one what it decided.
+    from diffusion_policy_mlx.accel.amx_conv1d import amx_status
+    from diffusion_policy_mlx.accel.few_row_matmul import kernel_status
     from diffusion_policy_mlx.blas import blas_info as package_blas_info
-    from diffusion_policy_mlx.model.common.amx_conv1d import amx_status
-    from diffusion_policy_mlx.model.common.few_row_matmul import kernel_status
 
     info = package_blas_info()
     print(f"BLAS: {info.library or 'MLX bundled (reference)'} ({info.reason})")

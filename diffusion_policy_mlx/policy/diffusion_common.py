@@ -16,9 +16,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import cpu_streams, few_row_matmul
 from diffusion_policy_mlx.common.distributed import current_shard, sharded_draw
-from diffusion_policy_mlx.model.common import few_row_matmul
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
@@ -223,7 +222,7 @@ def conditional_sample(
     eagerly, on the float32 weights. A
     :class:`ConditionalUnet1D` gets every step's FiLM features computed before the loop
     (:meth:`ConditionalUnet1D.film_tables`). On the CPU the batch's rows are split over
-    :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the same result. Nothing is
+    :mod:`~diffusion_policy_mlx.accel.cpu_streams`, with the same result. Nothing is
     evaluated here: the result is a lazy array over the whole loop.
     """
     if key is None:

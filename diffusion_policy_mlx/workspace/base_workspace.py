@@ -32,7 +32,8 @@ from hydra.core.hydra_config import HydraConfig
 from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_policy_mlx.common import checkpoint_util, cpu_streams, distributed
+from diffusion_policy_mlx.accel import cpu_streams
+from diffusion_policy_mlx.common import checkpoint_util, distributed
 from diffusion_policy_mlx.common.checkpoint_util import (
     Checkpoint,
     CheckpointMismatchError,
@@ -165,7 +166,7 @@ class TrainStep:
         """Train on ``batch`` (this rank's ``shard`` of the global batch when data-parallel);
         returns the (lazy) loss and whether the optimizer stepped.
 
-        On the CPU the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`
+        On the CPU the batch's rows are split over :mod:`~diffusion_policy_mlx.accel.cpu_streams`
         (one chunk per core by default), with the same loss and gradients."""
         if (shard is None) != (self.group is None):
             raise ValueError("TrainStep: pass a shard exactly when training data-parallel")

@@ -15,8 +15,7 @@ from policy_reference import (
     reference_sample,
 )
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel import cpu_streams, few_row_matmul
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.policy.diffusion_common import (
     CompiledStepCache,

@@ -11,7 +11,7 @@ from mlx.optimizers import SGD
 from mlx.utils import tree_flatten
 from omegaconf import OmegaConf
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import cpu_streams
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
 from diffusion_policy_mlx.config_compat import AdamW
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer

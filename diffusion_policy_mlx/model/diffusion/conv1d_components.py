@@ -8,10 +8,10 @@ Attribute names reproduce upstream's PyTorch ``state_dict`` names (``conv.weight
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common import amx_conv1d, few_row_matmul
+from diffusion_policy_mlx.accel import amx_conv1d, few_row_matmul
+from diffusion_policy_mlx.accel.group_norm import GroupNorm, group_norm
+from diffusion_policy_mlx.accel.group_norm_mish import fused_available, group_norm_mish
 from diffusion_policy_mlx.model.common.activation import Mish
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
-from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
 
 def conv1d_columns(x: mx.array, kernel: int, stride: int, padding: int) -> mx.array:
@@ -32,7 +32,7 @@ class Downsample1d(nn.Module):
     of a strided convolution with respect to its input is a transposed convolution on a direct
     loop (675 ms for a (256, 16, 256) input, against 5.5 ms for the forward), which made these
     two layers a third of the lowdim training step. GPUs keep ``mx.conv1d``. A few rows (batch
-    1) go through :func:`~diffusion_policy_mlx.model.common.few_row_matmul.matmul_wt`, batched
+    1) go through :func:`~diffusion_policy_mlx.accel.few_row_matmul.matmul_wt`, batched
     sampling with ``DP_MLX_CPU_WEIGHTS=bfloat16`` through the AMX kernel.
     """
 
@@ -95,7 +95,7 @@ FEW_ROWS = 4
 
 def few_rows_limit(conv: nn.Module) -> int:
     """Most (batch x time) rows a CPU convolution takes :func:`conv1d_few_rows` for: the
-    kernel's :data:`~diffusion_policy_mlx.model.common.few_row_matmul.MAX_ROWS` where it is
+    kernel's :data:`~diffusion_policy_mlx.accel.few_row_matmul.MAX_ROWS` where it is
     used (``conv`` in eval mode), else :data:`FEW_ROWS`."""
     if few_row_matmul.uses_kernel(0, conv):
         return few_row_matmul.MAX_ROWS
@@ -108,7 +108,7 @@ def conv1d_few_rows(conv: nn.Conv1d, x: mx.array) -> mx.array:
 
     For a handful of rows (batch 1: T = 4 to 16 steps at the U-Net's levels) a convolution is a
     pass over its weights. The package's CPU kernel
-    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.few_row_conv1d`) reads them once
+    (:func:`~diffusion_policy_mlx.accel.few_row_matmul.few_row_conv1d`) reads them once
     at the machine's memory rate, building the columns and adding the bias itself. Without it,
     the product is ``weight @ columns^T``: MLX hands ``columns @ weight^T`` to BLAS with the
     weight as the wide operand, which OpenBLAS packs in full before multiplying, 3.1 ms for a
@@ -130,7 +130,7 @@ def conv1d(conv: nn.Conv1d, x: mx.array) -> mx.array:
     path for the device and size: MLX's convolution on a GPU; on the CPU
     :func:`conv1d_few_rows` for at most :func:`few_rows_limit` rows, else the bfloat16 AMX
     kernel where ``DP_MLX_CPU_WEIGHTS=bfloat16`` provides packed weights
-    (:func:`~diffusion_policy_mlx.model.common.few_row_matmul.packed_weight_for`), else
+    (:func:`~diffusion_policy_mlx.accel.few_row_matmul.packed_weight_for`), else
     :func:`conv1d_same` (its gradients skip the padded taps)."""
     if mx.default_device() != mx.cpu:
         return conv(x)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
-from diffusion_policy_mlx.model.vision.strided_conv import Conv2d
+from diffusion_policy_mlx.accel.group_norm import GroupNorm, group_norm
+from diffusion_policy_mlx.accel.strided_conv import Conv2d
 
 
 def norm_relu(norm: nn.Module, x: mx.array) -> mx.array:

@@ -11,7 +11,7 @@ with Mish, 96 -> 8.5 ms and 150 -> 21 ms for the ResNet stem's (64, 42 x 42, 64)
 (``python benchmarks/bench_cpu_group_norm.py --ops``, 2-core Xeon).
 
 It is used where MLX's default device is the CPU, the extension is usable
-(:func:`~diffusion_policy_mlx.model.common.few_row_matmul.kernel_status`), the norm is
+(:func:`~diffusion_policy_mlx.accel.few_row_matmul.kernel_status`), the norm is
 ``pytorch_compatible`` with an affine and everything is float32, in training and in eval alike;
 otherwise MLX's ``GroupNorm`` runs. Their results agree to float32 rounding (about 1e-6
 relative); :data:`ENABLED` set to False chooses MLX's, and ``DP_MLX_CPU_KERNELS=off`` turns
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel import few_row_matmul
 from diffusion_policy_mlx.model.common.activation import mish
 
 # False routes every norm to MLX's: the other side of benchmarks/bench_cpu_group_norm.py.

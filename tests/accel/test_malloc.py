@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from diffusion_policy_mlx import cpu_malloc
+from diffusion_policy_mlx.accel import malloc as cpu_malloc
 
 # Allocates and frees a 100 MB array three times; prints the third allocation's page faults.
 PROBE = """

@@ -11,8 +11,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel import cpu_streams, few_row_matmul
 
 RNG = np.random.default_rng(0)
 

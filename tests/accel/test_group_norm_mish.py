@@ -7,8 +7,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+from diffusion_policy_mlx.accel.group_norm_mish import fused_available, group_norm_mish
 from diffusion_policy_mlx.model.common.activation import mish
-from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="needs MLX's CUDA backend")
 

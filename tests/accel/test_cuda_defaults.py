@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from diffusion_policy_mlx.cuda_defaults import (
+from diffusion_policy_mlx.accel.cuda_defaults import (
     GRAPHS_VAR,
     PTX_CACHE_VAR,
     apply_cuda_defaults,

@@ -5,7 +5,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.model.vision.strided_conv import Conv2d, strided_conv2d_input_grad
+from diffusion_policy_mlx.accel.strided_conv import Conv2d, strided_conv2d_input_grad
 
 
 def _value_and_grads(layer: nn.Module, x: mx.array):

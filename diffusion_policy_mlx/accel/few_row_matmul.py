@@ -18,7 +18,7 @@ products), the product has at most :data:`MAX_ROWS` rows, and ``DP_MLX_CPU_KERNE
 With ``DP_MLX_CPU_WEIGHTS=float16`` the kernel reads float16 copies of the convolution weights
 during sampling (:class:`InferenceWeights`), half the bytes, accumulating in float32. With
 ``DP_MLX_CPU_WEIGHTS=bfloat16`` the convolutions of more than :data:`MAX_ROWS` rows (batched
-sampling) run in bfloat16 on AMX instead (:mod:`~diffusion_policy_mlx.model.common.amx_conv1d`),
+sampling) run in bfloat16 on AMX instead (:mod:`~diffusion_policy_mlx.accel.amx_conv1d`),
 on weights packed for it; the few-row products then stay float32.
 """
 
@@ -34,7 +34,7 @@ from types import ModuleType
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import cpu_streams
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class InferenceWeights:
     ``arrays`` maps ``str(id(module))`` of every ``nn.Conv1d`` / ``nn.ConvTranspose1d`` in the
     model to its weight in :attr:`dtype` (:func:`weight_dtype`): float16 copies for the
     few-row kernel, or for bfloat16 the weights packed for the AMX kernel
-    (:func:`~diffusion_policy_mlx.model.common.amx_conv1d.pack_weight`; a transposed
+    (:func:`~diffusion_policy_mlx.accel.amx_conv1d.pack_weight`; a transposed
     convolution's as the (4 C_out, 1, C_in) product ``Upsample1d`` takes). :meth:`refresh`
     recomputes a copy when its module's weight array has been replaced (MLX arrays are
     immutable, so training, EMA updates and checkpoint loads all replace them), and updates
@@ -172,7 +172,7 @@ class InferenceWeights:
 
     def refresh(self, model: nn.Module) -> None:
         # amx_conv1d imports this module
-        from diffusion_policy_mlx.model.common import amx_conv1d
+        from diffusion_policy_mlx.accel import amx_conv1d
 
         dtype = weight_dtype()
         on_cpu = mx.default_device() == mx.cpu
@@ -220,7 +220,7 @@ def _warn_once(dtype: mx.Dtype) -> None:
     """Say, once per process and dtype, that ``DP_MLX_CPU_WEIGHTS`` asks for a precision whose
     kernel cannot run here, so that sampling silently staying float32 is not mistaken for it."""
     # amx_conv1d imports this module
-    from diffusion_policy_mlx.model.common import amx_conv1d
+    from diffusion_policy_mlx.accel import amx_conv1d
 
     name = str(dtype).removeprefix("mlx.core.")
     if name in _warned:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.model.common import group_norm
+from diffusion_policy_mlx.accel import group_norm
+from diffusion_policy_mlx.accel.group_norm import GroupNorm
 from diffusion_policy_mlx.model.common.activation import mish
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm
 from diffusion_policy_mlx.model.vision.resnet import replace_bn_with_gn, resnet18
 
 RNG = np.random.default_rng(0)

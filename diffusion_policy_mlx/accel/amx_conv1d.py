@@ -10,7 +10,7 @@ accumulating in float32 and adding the bias.
 
 Rounding activations and weights to bfloat16 (8 significant bits) changes a product by about
 0.2-0.3 % relative, so this path is opt-in: ``DP_MLX_CPU_WEIGHTS=bfloat16`` (see
-:func:`~diffusion_policy_mlx.model.common.few_row_matmul.weight_dtype`) for sampling on a CPU
+:func:`~diffusion_policy_mlx.accel.few_row_matmul.weight_dtype`) for sampling on a CPU
 that has AMX (:func:`available`). Training never uses it.
 """
 
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel import cpu_streams, few_row_matmul
 
 TILE_ROWS = 16  # bfloat16 pairs of the reduction per weight tile
 TILE_COLS = 32  # channels (two tiles) per panel, reduction entries per tile row

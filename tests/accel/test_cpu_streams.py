@@ -4,8 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.accel import blas
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.accel import blas, cpu_streams
 from diffusion_policy_mlx.common.distributed import Shard, current_shard, sharded_draw
 
 

@@ -9,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.model.common import amx_conv1d, few_row_matmul
+from diffusion_policy_mlx.accel import amx_conv1d, few_row_matmul
 from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Downsample1d,
     Upsample1d,
