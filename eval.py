@@ -13,10 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+import diffusion_policy_mlx.accel as accel
+
 import hydra
 from omegaconf import open_dict
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.training.device = args.device
         cfg.merge_with_dotlist(args.overrides)
     cls = hydra.utils.get_class(cfg._target_)
+    accel.configure(cfg.training.device, cfg.get("accel"))
     workspace: BaseWorkspace = cls(cfg, output_dir=output_dir)
     workspace.load_payload(ckpt)
+    workspace.accelerate(accel.apply)
 
     policy = workspace.ema_model if cfg.training.use_ema else workspace.model
     policy.eval()

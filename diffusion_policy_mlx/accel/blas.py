@@ -6,7 +6,8 @@ and matmuls go through ``cblas_sgemm``, and Python loads extension modules with 
 symbol is bound when ``mlx.core`` is imported. Loading an optimized BLAS with ``RTLD_GLOBAL`` *before*
 that import puts its ``cblas_sgemm`` first in the global lookup scope, and MLX binds to it.
 
-``diffusion_policy_mlx/__init__.py`` calls :func:`load_fast_blas` before anything imports MLX.
+``diffusion_policy_mlx/accel/__init__.py`` calls :func:`load_fast_blas` when the package is
+imported, before anything imports MLX.
 
 Environment variable ``DP_MLX_BLAS``:
 
@@ -114,8 +115,8 @@ def load_fast_blas() -> BlasInfo:
     elif "mlx.core" in sys.modules:
         _info = BlasInfo(
             None,
-            "mlx.core was imported before diffusion_policy_mlx, too late to load a fast BLAS; "
-            "import diffusion_policy_mlx first",
+            "mlx.core was imported before diffusion_policy_mlx.accel, too late to load a fast "
+            "BLAS; import diffusion_policy_mlx.accel first",
         )
     elif choice:
         path = _try_load(choice)
@@ -133,7 +134,7 @@ def load_fast_blas() -> BlasInfo:
             "Install OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread) for ~30x "
             "faster CPU training and inference"
             if "mlx.core" not in sys.modules
-            else "Import diffusion_policy_mlx before mlx"
+            else "Import diffusion_policy_mlx.accel before mlx"
         )
         warnings.warn(
             f"MLX runs its CPU matmuls and convolutions on the slow reference BLAS ({_info.reason}). "
@@ -145,7 +146,7 @@ def load_fast_blas() -> BlasInfo:
 
 
 def blas_info() -> BlasInfo:
-    """The BLAS decision made when the package was imported."""
+    """The BLAS decision made when ``diffusion_policy_mlx.accel`` was imported."""
     return load_fast_blas()
 
 
@@ -177,16 +178,3 @@ def set_num_threads(n: int) -> bool:
     if functions[1]() != n:
         functions[0](n)
     return True
-
-
-if __name__ == "__main__":
-    # `python -m` runs this file as a second module, after the package import loaded the BLAS
-    # through the first: ask that one what it decided.
-    from diffusion_policy_mlx.accel.amx_conv1d import amx_status
-    from diffusion_policy_mlx.accel.few_row_matmul import kernel_status
-    from diffusion_policy_mlx.blas import blas_info as package_blas_info
-
-    info = package_blas_info()
-    print(f"BLAS: {info.library or 'MLX bundled (reference)'} ({info.reason})")
-    print(f"few-row CPU kernel: {kernel_status()}")
-    print(f"bfloat16 AMX convolutions (DP_MLX_CPU_WEIGHTS=bfloat16): {amx_status()}")

@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux-only fast path")
 
 PROBE = (
-    "import diffusion_policy_mlx as d, mlx.core as mx; print('LIB=' + str(d.blas_info().library))"
+    "from diffusion_policy_mlx.accel import blas; import mlx.core as mx; "
+    "print('LIB=' + str(blas.blas_info().library))"
 )
 
 
@@ -59,7 +60,7 @@ def test_off_switch_keeps_the_bundled_blas():
 def test_bad_explicit_library_names_the_variable():
     env = {**os.environ, "DP_MLX_BLAS": "/nonexistent/libfoo.so"}
     proc = subprocess.run(
-        [sys.executable, "-c", "import diffusion_policy_mlx"],
+        [sys.executable, "-c", "import diffusion_policy_mlx.accel"],
         env=env,
         capture_output=True,
         text=True,
