@@ -16,10 +16,11 @@ import logging
 import sys
 from pathlib import Path
 
+import diffusion_policy_mlx.accel as accel
+
 import hydra
 from omegaconf import open_dict
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
 from diffusion_policy_mlx import config_trust
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
@@ -67,8 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not issubclass(cls, BaseWorkspace):
         sys.exit(f"eval.py: {ckpt.path} names {cls.__name__}, which is not a workspace")
     output_dir.mkdir(parents=True, exist_ok=True)
+    accel.configure(cfg.training.device, cfg.get("accel"))
     workspace: BaseWorkspace = cls(cfg, output_dir=output_dir)
     workspace.load_payload(ckpt)
+    workspace.accelerate(accel.apply)
 
     policy = workspace.ema_model if cfg.training.use_ema else workspace.model
     policy.eval()

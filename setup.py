@@ -14,7 +14,7 @@ CPU_KERNELS = "diffusion_policy_mlx._cpu_kernels"
 # this plain C library (no Python module) serves MLX the unprefixed names (see blas.py). It is
 # linked without OpenBLAS, which blas.py loads first, hence undefined symbols are allowed.
 BLAS_SHIM = Extension(
-    "diffusion_policy_mlx._blas_shim",
+    "diffusion_policy_mlx.accel._blas_shim",
     sources=["diffusion_policy_mlx/csrc/blas_shim.c"],
     extra_compile_args=["-O2"],
     extra_link_args=["-Wl,-z,undefs"],

@@ -15,11 +15,12 @@ import os
 import sys
 from pathlib import Path
 
+import diffusion_policy_mlx.accel as accel
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
 from diffusion_policy_mlx.common.distributed import broadcast_str, init_group
 from diffusion_policy_mlx.config_compat import (
     UPSTREAM_TASK_CONFIGS,
@@ -118,6 +119,7 @@ def main(cfg: DictConfig) -> None:
     cfg = translate_config(cfg)
     check_targets(cfg, shipped_tasks=_names(CONFIG_DIR / "task"))
     cls = hydra.utils.get_class(cfg._target_)
+    accel.configure(cfg.training.device, cfg.get("accel"))
     # Data-parallel ranks start a moment apart, so their ${now:} run folders may differ: all
     # use rank 0's.
     group = init_group()
@@ -125,6 +127,7 @@ def main(cfg: DictConfig) -> None:
         None if group is None else broadcast_str(HydraConfig.get().runtime.output_dir, group)
     )
     workspace = cls(cfg, output_dir=output_dir)
+    workspace.accelerate(accel.apply)
     workspace.run()
 
 

@@ -13,13 +13,14 @@ The second table is what bounds sampling at batch 1: the U-Net's convolutions at
 level (1024 channels, kernel 5, 21 MB of float32 weights each) over 4 rows (batch 1 at T = 4,
 16 rows (batch 1 at T = 16), through 12 such layers, 252 MB (the lowdim U-Net holds 263 MB),
 more than any cache, as a forward pass streams them: by MLX's BLAS products (``BLAS``) and, where
-it is built, by the package's few-row kernel (``kernel``, ``model/common/few_row_matmul.py``);
+it is built, by the package's few-row kernel (``kernel``, ``accel/few_row_matmul.py``);
 then the same 4-row products with fewer bytes to read: float16 weights through the kernel,
 bfloat16 and 8-bit (``mx.quantize``, groups of 64) weights through MLX's own CPU products.
 Rates are bytes of weights as stored per second, next to numpy's plain read of 252 MB.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -38,15 +39,14 @@ SYSTEM_BLAS = re.compile(r"lib(openblas|mkl_rt|blis)\S*\.so")
 
 def measure(matmul_only: bool) -> None:
     """Runs inside one subprocess: print one JSON line of the chosen BLAS's figures."""
-    import diffusion_policy_mlx  # noqa: I001  (before mlx.core: it loads the BLAS)
+    import diffusion_policy_mlx.accel as accel
+    from diffusion_policy_mlx.accel import blas, few_row_matmul
+    from diffusion_policy_mlx.accel.conv1d import CpuConv1d
+
     import mlx.core as mx
     import mlx.nn as nn
 
-    from diffusion_policy_mlx.model.common import few_row_matmul
-    from diffusion_policy_mlx.model.diffusion.conv1d_components import (
-        conv1d_few_rows,
-        few_rows_limit,
-    )
+    config = accel.configure("cpu")
 
     def median_seconds(fn) -> float:
         for _ in range(3):
@@ -62,7 +62,7 @@ def measure(matmul_only: bool) -> None:
     x, w = mx.random.normal((1, 16, 1024)), mx.random.normal((1024, 5, 1024))
     mx.eval(a, b, x, w)
     result = {
-        "library": diffusion_policy_mlx.blas_info().library or "MLX bundled reference BLAS",
+        "library": blas.blas_info().library or "MLX bundled reference BLAS",
         "matmul_gflops": 2 * N**3 / median_seconds(lambda: a @ b) / 1e9,
         "conv1d_ms": median_seconds(lambda: mx.conv1d(x, w, padding=2)) * 1e3,
     }
@@ -70,23 +70,31 @@ def measure(matmul_only: bool) -> None:
         print(json.dumps(result))
         return
 
-    layers = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
-    for layer in layers:
-        layer.eval()  # the kernel serves sampling
-    mx.eval([layer.parameters() for layer in layers])
+    plain = [nn.Conv1d(1024, 1024, 5, padding=2) for _ in range(STREAM_LAYERS)]
+    mx.eval([layer.parameters() for layer in plain])
+    kernel = config.kernels is not None
+    # the layers sampling runs: with the extension, and without it (MLX's products)
+    paths = {"BLAS": dataclasses.replace(config, kernels=None)}
+    if kernel:
+        paths["kernel"] = config
+    swapped = {
+        path: [accel.swap_layers(layer, c).eval() for layer in plain] for path, c in paths.items()
+    }
     stream = {}
-    kernel = few_row_matmul.kernels() is not None
     for rows in (4, 16):
         x = mx.random.normal((1, rows, 1024))
-        for path in ("BLAS", "kernel") if kernel else ("BLAS",):
-            # BLAS: MLX's products (weight @ columns^T at 4 rows, mx.conv1d at 16)
-            few_row_matmul.ENABLED = path == "kernel"
-            conv = conv1d_few_rows if rows <= few_rows_limit(layers[0]) else nn.Conv1d.__call__
+        for path, layers in swapped.items():
+            # BLAS: weight @ columns^T at 4 rows, mx.conv1d at 16
+            def run(x=x, layers=layers, path=path, rows=rows):
+                if path == "BLAS" and rows > 4:
+                    return [nn.Conv1d.__call__(layer, x) for layer in layers]
+                return [layer.few_rows(x) for layer in layers]
+
             stream[f"float32, {rows} rows, {path}"] = (
-                median_seconds(lambda x=x, conv=conv: [conv(layer, x) for layer in layers]),
+                median_seconds(run),
                 sum(layer.weight.nbytes for layer in layers),
             )
-    few_row_matmul.ENABLED = False
+    assert all(isinstance(layer, CpuConv1d) for layer in swapped["BLAS"])
     # The same 4-row products with the weights in fewer bytes: (4, 5 * 1024) columns.
     cols = mx.random.normal((4, 5 * 1024))
     flat = [layer.weight.reshape(1024, -1) for layer in layers]
@@ -95,14 +103,14 @@ def measure(matmul_only: bool) -> None:
     mx.eval(cols, half, quant)
     cols_half = cols.astype(mx.bfloat16)
     if kernel:
-        few_row_matmul.ENABLED = True
         halves = [f.astype(mx.float16) for f in flat]
         mx.eval(halves)
         stream["float16, 4 rows, kernel"] = (
-            median_seconds(lambda: [few_row_matmul.matmul_wt(cols, h, layers[0]) for h in halves]),
+            median_seconds(
+                lambda: [few_row_matmul.matmul_wt(cols, h, config.kernels) for h in halves]
+            ),
             sum(h.nbytes for h in halves),
         )
-        few_row_matmul.ENABLED = False
     stream["bfloat16, 4 rows, MLX"] = (
         median_seconds(lambda: [h @ cols_half.T for h in half]),
         sum(h.nbytes for h in half),

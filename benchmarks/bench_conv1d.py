@@ -18,18 +18,15 @@ Each variant is ``mx.compile``d; medians of ``--repeats`` calls: the output alon
 with both gradients (``fwd_bwd``). Prints one JSON line per shape.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import json
 import statistics
 import time
 
-import mlx.core as mx
+import diffusion_policy_mlx.accel as accel
+from diffusion_policy_mlx.accel.conv1d import conv1d_same
 
-from diffusion_policy_mlx.config_compat import set_device
-from diffusion_policy_mlx.model.diffusion.conv1d_components import conv1d_same
+import mlx.core as mx
 
 SHAPES = {
     "lowdim": [(256, 16, 256), (256, 8, 512), (256, 4, 1024)],
@@ -109,7 +106,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    set_device(args.device)
+    accel.configure(args.device)
     for config in args.configs:
         for batch, length, channels in SHAPES[config]:
             x = mx.random.normal((batch, length, channels))

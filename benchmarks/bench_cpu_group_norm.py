@@ -1,4 +1,4 @@
-"""The CPU GroupNorm kernel (``model/common/group_norm.py``) against MLX's GroupNorm, in one
+"""The CPU GroupNorm kernel (``accel/group_norm.py``) against MLX's GroupNorm, in one
 process, alternating call by call:
 
     python benchmarks/bench_cpu_group_norm.py --ops          # the norm alone, forward and gradients
@@ -17,23 +17,23 @@ also turns off the few-row kernel, which training does not use):
 ``python benchmarks/bench_train_processes.py --against-env DP_MLX_CPU_KERNELS=off``.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import diffusion_policy_mlx.accel as accel
+from diffusion_policy_mlx.accel import group_norm
+
 import mlx.core as mx
 
-from diffusion_policy_mlx.model.common import few_row_matmul, group_norm
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm
+from diffusion_policy_mlx.model.common.normalization import GroupNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_ab import CASES, compare_paths  # noqa: E402
+from predict_ab import CASES, accel_path, compare_paths  # noqa: E402
 
 # (name, (B, S, C), groups, activation): S flattens a sample's other axes
 OP_SHAPES = [
@@ -46,12 +46,7 @@ OP_SHAPES = [
 ]
 
 
-def use_kernel(on: bool) -> None:
-    # read when a step is traced; each path keeps its own compiled steps
-    group_norm.ENABLED = on
-
-
-def time_ops(repeats: int) -> None:
+def time_ops(repeats: int, kernels) -> None:
     for name, shape, groups, activation in OP_SHAPES:
         norm = GroupNorm(groups, shape[-1], pytorch_compatible=True)
         x = mx.random.normal(shape)
@@ -59,26 +54,31 @@ def time_ops(repeats: int) -> None:
         # evaluated now: a captured lazy draw would be traced into, and redrawn by, every call
         mx.eval(x, dy, norm.parameters())
 
-        def forward(x, w, b, norm=norm, activation=activation):
+        def forward(x, w, b, kernel, norm=norm, activation=activation):
             norm.weight, norm.bias = w, b
-            return group_norm.group_norm(x, norm, activation)
+            if kernel:
+                return group_norm.group_norm(x, norm, kernels, activation)
+            return norm(x, activation)
 
         params = (x, norm.weight, norm.bias)
         row: dict = {"shape": name, "size": list(shape), "activation": activation}
         for label, fn in (
-            ("fwd", lambda *a, forward=forward: forward(*a)),
-            ("fwd_bwd", lambda *a, forward=forward, dy=dy: mx.vjp(forward, list(a), [dy])),
+            ("fwd", lambda k, *a, forward=forward: forward(*a, k)),
+            (
+                "fwd_bwd",
+                lambda k, *a, forward=forward, dy=dy: mx.vjp(
+                    lambda *a: forward(*a, k), list(a), [dy]
+                ),
+            ),
         ):
             times: dict[str, list[float]] = {"mlx": [], "kernel": []}
             compiled = {}
             for path in times:  # trace each path once, with its own compiled function
-                use_kernel(path == "kernel")
-                # a new function object each: MLX keys its compiled traces by the function
-                compiled[path] = mx.compile(lambda *a, fn=fn: fn(*a))
+                on = path == "kernel"
+                compiled[path] = mx.compile(lambda *a, fn=fn, on=on: fn(on, *a))
                 mx.eval(compiled[path](*params))
             for _ in range(repeats):
                 for path in times:
-                    use_kernel(path == "kernel")
                     start = time.perf_counter()
                     mx.eval(compiled[path](*params))
                     times[path].append(time.perf_counter() - start)
@@ -86,7 +86,6 @@ def time_ops(repeats: int) -> None:
             row[f"{label}_mlx_ms"] = round(mlx_ms, 3)
             row[f"{label}_kernel_ms"] = round(kernel_ms, 3)
             row[f"{label}_speedup"] = round(mlx_ms / kernel_ms, 2)
-        use_kernel(True)
         print(json.dumps(row), flush=True)
 
 
@@ -96,17 +95,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--ops", action="store_true", help="the norm alone at training shapes")
     args = parser.parse_args()
-    if few_row_matmul.extension() is None:
-        sys.exit(f"the CPU kernels are not in use: {few_row_matmul.kernel_status()}")
-    mx.set_default_device(mx.cpu)
+    config = accel.configure("cpu")
+    if config.kernels is None:
+        sys.exit(f"the CPU kernels are not in use: {config.kernel_status}")
     if args.ops:
-        time_ops(args.repeats)
+        time_ops(args.repeats, config.kernels)
         return
     compare_paths(
         args.config,
         "cpu",
         args.repeats,
-        {"mlx": lambda: use_kernel(False), "kernel": lambda: use_kernel(True)},
+        {
+            "mlx": accel_path(dataclasses.replace(config, kernels=None)),
+            "kernel": accel_path(config),
+        },
         CASES,
     )
 

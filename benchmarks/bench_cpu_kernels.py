@@ -1,38 +1,40 @@
-"""The package's CPU kernels (``model/common/few_row_matmul.py``, ``amx_conv1d.py``) against
+"""The package's CPU kernels (``accel/few_row_matmul.py``, ``accel/amx_conv1d.py``) against
 MLX's BLAS path for the same products, in whole ``predict_action`` calls of a default policy,
 same process, same weights and noise:
 
     python benchmarks/bench_cpu_kernels.py                       # lowdim U-Net
     python benchmarks/bench_cpu_kernels.py --config train_diffusion_unet_hybrid_workspace
-    python benchmarks/bench_cpu_kernels.py --paths float32 float16  # DP_MLX_CPU_WEIGHTS
+    python benchmarks/bench_cpu_kernels.py --paths float32 float16  # accel.cpu_weights
     python benchmarks/bench_cpu_kernels.py --paths float32 bfloat16 --cases ddim16_b56
     python benchmarks/bench_cpu_kernels.py --checkpoint RUN/checkpoints/latest.ckpt ...
 
-The paths: ``blas`` (the kernels off), ``float32`` (the few-row kernel on float32 weights),
-``float16`` (on float16 copies, ``DP_MLX_CPU_WEIGHTS=float16``) and ``bfloat16`` (batched
-convolutions on AMX, ``DP_MLX_CPU_WEIGHTS=bfloat16``). Prints one JSON line per (scheduler
+The paths: ``blas`` (the extension off: MLX's operations throughout), ``float32`` (the few-row kernel on float32 weights),
+``float16`` (on float16 copies, ``accel.cpu_weights=float16``) and ``bfloat16`` (batched
+convolutions on AMX, ``accel.cpu_weights=bfloat16``). Prints one JSON line per (scheduler
 steps, batch): median wall time of each path (the two alternate call by call), their ratio and
 the largest difference between their actions. By default the batch-1 cases run: batch 56 has
 too many rows for the few-row kernel, and is the case of the bfloat16 path.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
-import os
+import dataclasses
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.model.common import few_row_matmul
+import diffusion_policy_mlx.accel as accel
+from diffusion_policy_mlx.accel.settings import usable_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_ab import CASES, compare_paths  # noqa: E402
+from predict_ab import CASES, accel_path, compare_paths  # noqa: E402
 
 
-def use_path(path: str) -> None:
-    few_row_matmul.ENABLED = path != "blas"
-    os.environ[few_row_matmul.WEIGHTS_VAR] = "float32" if path == "blas" else path
+def path_config(config: accel.AccelConfig, path: str) -> accel.AccelConfig:
+    """``blas``: no extension (MLX's operations throughout); else the extension with weights of
+    that precision."""
+    if path == "blas":
+        return dataclasses.replace(config, kernels=None)
+    weights = usable_weights(path, config.on_cpu, config.kernels, config.kernel_status)
+    return dataclasses.replace(config, cpu_weights=weights)
 
 
 PATHS = ("blas", "float32", "float16", "bfloat16")
@@ -51,14 +53,15 @@ def main() -> None:
     parser.add_argument("--zarr", help="with --checkpoint: the dataset's zarr, if it moved")
     parser.add_argument("--paths", nargs=2, choices=PATHS, default=["blas", "float32"])
     args = parser.parse_args()
-    if few_row_matmul.kernels() is None:
-        sys.exit(f"the CPU kernel is not in use: {few_row_matmul.kernel_status()}")
-    print(f"kernel: {few_row_matmul.kernel_status()}", flush=True)
+    config = accel.configure("cpu")
+    if config.kernels is None:
+        sys.exit(f"the CPU kernel is not in use: {config.kernel_status}")
+    print(f"kernel: {config.kernel_status}", flush=True)
     compare_paths(
         args.config,
         "cpu",
         args.repeats,
-        {path: lambda path=path: use_path(path) for path in args.paths},
+        {path: accel_path(path_config(config, path)) for path in args.paths},
         tuple(args.cases),
         checkpoint=args.checkpoint,
         zarr_path=args.zarr,

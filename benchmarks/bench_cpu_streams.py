@@ -1,4 +1,4 @@
-"""A batch split over one MLX CPU stream per core (``common/cpu_streams.py``) against one
+"""A batch split over one MLX CPU stream per core (``accel/cpu_streams.py``) against one
 stream, in whole ``predict_action`` calls of a default policy at batch 56 (DDIM 16), same
 process, same weights and noise, alternating call by call:
 
@@ -10,17 +10,15 @@ against the same command without the variable. Prints one JSON line: each path's
 ratio and the largest difference between their actions.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.common import cpu_streams
+import diffusion_policy_mlx.accel as accel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_ab import compare_paths  # noqa: E402
+from predict_ab import accel_path, compare_paths  # noqa: E402
 
 
 def main() -> None:
@@ -28,13 +26,14 @@ def main() -> None:
     parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    config = accel.configure("cpu")
     compare_paths(
         args.config,
         "cpu",
         args.repeats,
         {
-            "one_stream": lambda: cpu_streams.set_cpu_streams(1),
-            "split": lambda: cpu_streams.set_cpu_streams(None),
+            "one_stream": accel_path(dataclasses.replace(config, cpu_streams=1)),
+            "split": accel_path(config),
         },
         ("ddim16_b56",),
     )

@@ -13,13 +13,12 @@ batch, median ms per step and samples per second. Scaling efficiency is
 (``--batch`` times N), or at the same global batch to see how far splitting one batch goes.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import json
 import sys
 from pathlib import Path
+
+import diffusion_policy_mlx.accel  # noqa: F401  (loads the fast BLAS)
 
 import mlx.core as mx
 
@@ -53,7 +52,9 @@ def main() -> None:
     start, stop = shard_bounds(args.batch, rank, world)
     shard = None if group is None else Shard(start, stop - start, args.batch)
     local = dict_apply(batch, lambda a: a[start:stop])
-    step = TrainStep(workspace.model, workspace.optimizer, 1, workspace.ema, group)
+    step = TrainStep(
+        workspace.model, workspace.optimizer, 1, workspace.ema, group, workspace.model.batch_split
+    )
 
     def one() -> None:
         loss, _ = step(local, shard)

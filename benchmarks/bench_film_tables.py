@@ -10,21 +10,21 @@ Prints one JSON line per (scheduler steps, batch): median wall time of each path
 alternate call by call), their ratio and the largest difference between their actions.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.policy import diffusion_common
+import diffusion_policy_mlx.accel as accel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_ab import CASES, compare_paths  # noqa: E402
 
 
-def use_tables(on: bool) -> None:
-    diffusion_common.PRECOMPUTE_FILM = on
+def use_tables(on: bool):
+    def use(policy) -> None:
+        policy.precompute_film = on
+
+    return use
 
 
 def main() -> None:
@@ -34,11 +34,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-b56", action="store_true", help="skip the batch-56 DDIM 16 call")
     args = parser.parse_args()
+    accel.configure(args.device)
     compare_paths(
         args.config,
         args.device,
         args.repeats,
-        {"per_step": lambda: use_tables(False), "tables": lambda: use_tables(True)},
+        {"per_step": use_tables(False), "tables": use_tables(True)},
         CASES[:2] if args.no_b56 else CASES,
     )
 

@@ -1,4 +1,4 @@
-"""The fused GroupNorm + Mish + FiLM kernel (``model/common/group_norm_mish.py``) against MLX's
+"""The fused GroupNorm + Mish + FiLM kernel (``accel/group_norm_mish.py``) against MLX's
 ops, in whole ``predict_action`` calls of the default policies, same process, same weights and
 noise. Needs MLX's CUDA backend (the kernel's only home):
 
@@ -9,23 +9,15 @@ Prints one JSON line per (scheduler steps, batch): median wall time of each path
 alternate call by call), their ratio and the largest difference between their actions.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from diffusion_policy_mlx.model.common import group_norm_mish
-from diffusion_policy_mlx.model.diffusion import conv1d_components
+import diffusion_policy_mlx.accel as accel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_ab import compare_paths  # noqa: E402
-
-
-def use_fused(on: bool) -> None:
-    # Conv1dBlock asks this module-level name when a step is traced.
-    conv1d_components.fused_available = lambda: on
+from predict_ab import accel_path, compare_paths  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +25,12 @@ def main() -> None:
     parser.add_argument("--config", default="train_diffusion_unet_lowdim_workspace")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    if not group_norm_mish.fused_available():
+    config = accel.configure("gpu")
+    if not config.fused_group_norm:
         sys.exit("bench_group_norm.py needs MLX's CUDA backend (pip install -e '.[cuda]')")
+    ops = dataclasses.replace(config, fused_group_norm=False)
     compare_paths(
-        args.config,
-        "gpu",
-        args.repeats,
-        {"ops": lambda: use_fused(False), "fused": lambda: use_fused(True)},
+        args.config, "gpu", args.repeats, {"ops": accel_path(ops), "fused": accel_path(config)}
     )
 
 

@@ -34,7 +34,7 @@ cache makes each such copy page-fault afresh (~200 ms instead of ~25 ms); ``--ca
 shows the difference.
 """
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
+import diffusion_policy_mlx.accel as accel
 
 # isort: split
 import argparse
@@ -174,7 +174,8 @@ def bench(task: str, zarr_path: str, n_batches: int, n_steps: int, compiled: boo
         "loader_serial_batches_per_s": round(time_loader(serial, n_batches), 2),
     }
     if n_steps > 0:
-        policy = instantiate(cfg.policy)
+        accel.configure(None, cfg.get("accel"))
+        policy = accel.apply(instantiate(cfg.policy))
         policy.set_normalizer(dataset.get_normalizer())
         policy.train()
         optimizer = instantiate(cfg.optimizer)

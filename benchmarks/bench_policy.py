@@ -29,8 +29,8 @@ import os
 # Read by torch's OpenMP runtime when torch is imported (see the docstring).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, E402, I001
+# Before mlx.core: importing accel loads the fast CPU BLAS.
+from diffusion_policy_mlx.accel import blas  # noqa: E402, I001
 
 import argparse
 import json
@@ -158,7 +158,7 @@ def machine_info(args: argparse.Namespace, torch_module) -> dict[str, str]:
         "python": platform.python_version(),
         "mlx": mx.__version__,
         "mlx_device": str(mx.default_device()),
-        "blas": str(diffusion_policy_mlx.blas_info().library or "MLX bundled"),
+        "blas": str(blas.blas_info().library or "MLX bundled"),
     }
     if hasattr(os, "getloadavg"):
         info["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -15,7 +15,7 @@
     python benchmarks/bench_rollout.py policy --task pusht_lowdim --n-envs 56 --zarr ../shared/data/pusht/pusht_cchi_v7_replay.zarr
 """
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
+import diffusion_policy_mlx.accel as accel
 
 # isort: split
 import argparse
@@ -151,7 +151,8 @@ def load_policy(task: str, zarr: str):
             overrides=[f"task={task}", f"task.dataset.zarr_path={zarr}"],
         )
     dataset = instantiate(cfg.task.dataset)
-    policy = instantiate(cfg.policy)
+    accel.configure(None, cfg.get("accel"))
+    policy = accel.apply(instantiate(cfg.policy))
     policy.set_normalizer(dataset.get_normalizer())
     policy.eval()
     return policy, cfg

@@ -10,9 +10,6 @@ resumed run, ``eval.py`` after ``train.py``) skips that work. Run the command tw
 directory to see both costs. Prints one JSON line.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import json
 import os
@@ -20,6 +17,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import diffusion_policy_mlx.accel  # noqa: F401  (loads the fast BLAS)
 
 import mlx.core as mx
 

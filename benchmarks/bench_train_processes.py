@@ -17,9 +17,6 @@ settings read at process start (``DP_MLX_MALLOC=system``: ``python
 benchmarks/bench_train_processes.py --policy hybrid --against-env DP_MLX_MALLOC=system``).
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import os
 import statistics
@@ -27,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import diffusion_policy_mlx.accel  # noqa: F401  (loads the fast BLAS)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sides import (  # noqa: E402

@@ -20,14 +20,13 @@ the full-size lowdim U-Net at batch 8 (1.19-1.37 s vs 1.33-1.44 s over repeated 
 dominates there.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import copy
 import statistics
 import time
 from pathlib import Path
+
+import diffusion_policy_mlx.accel as accel
 
 import hydra
 import mlx.core as mx
@@ -36,8 +35,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.common.pytree import dict_apply
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
 from diffusion_policy_mlx.workspace.base_workspace import TrainStep
@@ -77,7 +76,9 @@ def build(config: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config, overrides=overrides)
     OmegaConf.resolve(cfg)
+    accel.configure(cfg.training.device, cfg.get("accel"))
     workspace = hydra.utils.get_class(cfg._target_)(cfg, output_dir="/tmp/bench_train_step")
+    workspace.accelerate(accel.apply)
     return cfg, workspace
 
 
@@ -138,7 +139,7 @@ def main() -> None:
     results["eager"] = timed(eager, args.warmup, args.repeats)
 
     model, optimizer, ema = fresh()
-    compiled = TrainStep(model, optimizer, 1)
+    compiled = TrainStep(model, optimizer, 1, split=model.batch_split)
 
     def compiled_then_ema():
         loss, _ = compiled(batch)
@@ -148,7 +149,7 @@ def main() -> None:
     results["compiled+ema"] = timed(compiled_then_ema, args.warmup, args.repeats)
 
     model, optimizer, ema = fresh()
-    fused = TrainStep(model, optimizer, 1, ema)
+    fused = TrainStep(model, optimizer, 1, ema, split=model.batch_split)
 
     def fused_step():
         loss, _ = fused(batch)

@@ -13,9 +13,6 @@ loss 1.2e-6 and gradients 2.1e-6 relative, DDIM16 actions 1.4e-3 px, parameter u
 and EMA weights 7.3e-6 relative.
 """
 
-# Before mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401, I001
-
 import argparse
 import contextlib
 import copy
@@ -23,6 +20,8 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import diffusion_policy_mlx.accel  # noqa: F401  (loads the fast BLAS)
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -153,7 +152,7 @@ def main() -> int:
     ws = ours.workspace
     # Eager: a compiled step would keep the first call's patched noise as a traced constant.
     mx.disable_compile()
-    step = TrainStep(ws.model, ws.optimizer, 1, ws.ema)
+    step = TrainStep(ws.model, ws.optimizer, 1, ws.ema, split=ws.model.batch_split)
     sched_m = get_scheduler("cosine", ws.optimizer, num_warmup_steps=500, num_training_steps=10**5)
     from diffusion_policy.model.common.lr_scheduler import get_scheduler as upstream_scheduler
 

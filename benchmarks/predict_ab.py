@@ -1,7 +1,8 @@
-"""Shared by the lever benchmarks (``bench_group_norm.py``, ``bench_film_tables.py``): two paths
-of a default policy's ``predict_action`` in one process, same weights and noise, alternating
-call by call (a shared machine's speed drifts; on the 2-core development machine it flips
-between two levels), each path with its own compiled-step cache."""
+"""Shared by the lever benchmarks (``bench_group_norm.py``, ``bench_film_tables.py``, ...): two
+paths of a default policy's ``predict_action`` in one process, same weights and noise,
+alternating call by call (a shared machine's speed drifts; on the 2-core development machine it
+flips between two levels), each path with its own compiled-step cache. A path is a function
+that sets the policy up for it, e.g. :func:`accel_path`."""
 
 import json
 import statistics
@@ -9,6 +10,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import diffusion_policy_mlx.accel as accel
+from diffusion_policy_mlx.accel.cpu_streams import CpuStreams
+from diffusion_policy_mlx.accel.low_precision import SamplingWeights
 
 import hydra
 import mlx.core as mx
@@ -19,6 +24,7 @@ from omegaconf import DictConfig, open_dict
 from diffusion_policy_mlx.common.checkpoint_util import load_checkpoint
 from diffusion_policy_mlx.config_trust import workspace_class
 from diffusion_policy_mlx.policy.diffusion_common import CompiledStepCache
+from diffusion_policy_mlx.policy.diffusion_policy_base import DiffusionPolicyBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import build, synthetic  # noqa: E402
@@ -31,6 +37,20 @@ from sides import (  # noqa: E402
 )
 
 CASES = ("ddpm100_b1", "ddim16_b1", "ddim16_b56")
+Path_ = Callable[[DiffusionPolicyBase], None]
+
+
+def accel_path(config: accel.AccelConfig) -> Path_:
+    """A path that runs the policy with ``config``'s fast paths (one set of sampling weights
+    kept across its calls, so that their copies are made once)."""
+    streams = CpuStreams(config.cpu_streams)
+    weights = None if config.cpu_weights == mx.float32 else SamplingWeights(config.cpu_weights)
+
+    def use(policy: DiffusionPolicyBase) -> None:
+        accel.swap_layers(policy, config)
+        policy.set_execution(streams, weights)
+
+    return use
 
 
 def untrained_policy(config: str, device: str) -> tuple[DictConfig, nn.Module, dict]:
@@ -54,8 +74,10 @@ def trained_policy(
         cfg.training.device = device
         if zarr_path is not None:
             cfg.task.dataset.zarr_path = zarr_path
+    accel.configure(device, cfg.get("accel"))
     workspace = workspace_class(cfg, ckpt.path)(cfg, output_dir="/tmp/predict_ab")
     workspace.load_payload(ckpt)
+    workspace.accelerate(accel.apply)
     policy = workspace.ema_model if cfg.training.use_ema else workspace.model
     dataset = hydra.utils.instantiate(cfg.task.dataset)
     obs = dataset.__getitems__(np.linspace(0, len(dataset) - 1, 56).astype(int))["obs"]
@@ -69,13 +91,13 @@ def compare_paths(
     config: str,
     device: str,
     repeats: int,
-    paths: dict[str, Callable[[], None]],
+    paths: dict[str, Path_],
     cases: tuple[str, ...] = CASES,
     checkpoint: str | None = None,
     zarr_path: str | None = None,
 ) -> None:
     """For each of ``cases`` (of :data:`CASES`), time ``predict_action`` on each of ``paths``
-    (name -> a function that switches to that path) and print one JSON line per case: each
+    (name -> a function that sets the policy up for that path) and print one JSON line per case: each
     path's median in ms, the first path's time over the second's (``speedup``) and the largest
     difference between their actions. The policy is ``config``'s with random weights, or the
     trained one of ``checkpoint`` on observations from its data (:func:`trained_policy`)."""
@@ -105,7 +127,7 @@ def compare_paths(
         actions: dict[str, np.ndarray] = {}
         for i in range(repeats + 2):
             for name in names:
-                paths[name]()
+                paths[name](policy)
                 policy.step_cache = caches[name]
                 mx.random.seed(0)
                 start = time.perf_counter()

@@ -23,6 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import diffusion_policy_mlx.accel as accel
+
 import hydra
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,7 +32,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.common.batch_split import batch_rows
 from diffusion_policy_mlx.common.upstream import load_upstream_state_dict
 from diffusion_policy_mlx.config_compat import translate_config
 from diffusion_policy_mlx.workspace.base_workspace import TrainStep
@@ -167,7 +169,9 @@ class OursSide(Side):
         self.ddim = hydra.utils.instantiate(ddim_cfg.policy.noise_scheduler)
         self.tmp = tempfile.TemporaryDirectory(prefix="bench_policy_")
         workspace_cls = hydra.utils.get_class(self.cfg._target_)
+        accel.configure(device, self.cfg.get("accel"))
         self.workspace = workspace_cls(self.cfg, output_dir=self.tmp.name)
+        self.workspace.accelerate(accel.apply)
         self.policy = self.workspace.model
         self.ddpm = self.policy.noise_scheduler
         self.ddpm_steps = self.policy.num_inference_steps
@@ -182,7 +186,7 @@ class OursSide(Side):
 
     def fit_normalizer(self, batch: dict[str, Any]) -> None:
         """Fit the normalizer on ``batch`` the way the task's dataset does (images: [0,1] range)."""
-        from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+        from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
         from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
         normalizer = LinearNormalizer()
@@ -237,13 +241,14 @@ class OursSide(Side):
         CPU streams, model and random state as inputs and outputs."""
         self.workspace.policy_train_mode()
         model = self.workspace.model
+        split = model.batch_split
         state = [model.state, mx.random.state]
-        compiled = mx.compile(partial(cpu_streams.chunked_mean, fn), inputs=state, outputs=state)
+        compiled = mx.compile(partial(split.chunked_mean, fn), inputs=state, outputs=state)
         batch_mx = _tree_map(mx.array, batch)
-        rows = cpu_streams.batch_rows(batch_mx)
+        rows = batch_rows(batch_mx)
 
         def run() -> None:
-            cpu_streams.use_blas_threads(rows)
+            split.use_blas_threads(rows)
             mx.eval(compiled(batch_mx))
 
         return run
@@ -258,7 +263,7 @@ class OursSide(Side):
     def train_step(self, batch: dict[str, Any]) -> Callable[[], None]:
         ws = self.workspace
         ws.policy_train_mode()
-        step = TrainStep(ws.model, ws.optimizer, 1)
+        step = TrainStep(ws.model, ws.optimizer, 1, split=ws.model.batch_split)
         batch_mx = _tree_map(mx.array, batch)
 
         def run() -> None:

@@ -26,17 +26,17 @@ import operator
 import pkgutil
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlx.core as mx
-import mlx.optimizers as optim
 from omegaconf import DictConfig, ListConfig, OmegaConf, ValueNode
 
+from diffusion_policy_mlx.common.stored_config import ConfigError  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config names something this package cannot build; the message says which key and why."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +486,10 @@ def AdamW(  # noqa: N802 - named like the torch class its configs ask for
     params=model.parameters())``, and ignored: an MLX optimizer is given the parameters at each
     ``update``. Bias correction is on, as in torch.
     """
+    # imported here, as in mlx_device: the package imports this module for its resolver, and
+    # env/ imports without MLX
+    import mlx.optimizers as optim
+
     if amsgrad:
         raise ConfigError("optimizer.amsgrad=True is not supported by the MLX AdamW; set it False")
     return optim.AdamW(
@@ -507,6 +511,8 @@ def mlx_device(name: str) -> mx.Device:
     (one per process, whatever the name asked for), so upstream configs
     (``training.device: cuda:0``) run everywhere.
     """
+    import mlx.core as mx
+
     kind, _, index = str(name).strip().lower().partition(":")
     if kind == "cpu":
         return mx.Device(mx.cpu)
@@ -532,6 +538,8 @@ def _warn_no_gpu() -> None:
 
 def set_device(name: str) -> mx.Device:
     """Make the MLX device for ``name`` (see :func:`mlx_device`) the default and return it."""
+    import mlx.core as mx
+
     device = mlx_device(name)
     mx.set_default_device(device)
     return device

@@ -31,17 +31,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
 import hydra
-import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, grammar_parser
-from omegaconf.errors import GrammarParseError, OmegaConfBaseException
-from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from diffusion_policy_mlx.common.stored_config import (  # noqa: F401  (re-exported)
+    MAX_STORED_DEPTH,
+    dump_stored_config,
+    parse_stored_config,
+)
 from diffusion_policy_mlx.config_compat import PACKAGE, ConfigError, _targets, translate_target
 
 TRUSTED_TARGETS_ENV = "DP_MLX_TRUSTED_TARGETS"
@@ -51,106 +52,6 @@ _BUILDING_BLOCKS = ("workspace", "policy", "model", "schedulers", "dataset", "en
 _PACKAGE_PREFIXES = tuple(f"{PACKAGE}.{name}." for name in _BUILDING_BLOCKS)
 # The targets of the upstream aliases outside those subpackages.
 ALLOWED_CALLABLES = frozenset({f"{PACKAGE}.config_compat.AdamW", "mlx.nn.Identity"})
-MAX_STORED_DEPTH = 64
-# ``${`` and the backslashes before it
-_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
-# libyaml's parser where PyYAML was built with it: a hundred times faster
-_YAML_LOADER = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a stored config
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_stored_config(text: str) -> DictConfig:
-    """The config a checkpoint stores, as YAML text, parsed without running or expanding
-    anything; raises :class:`ConfigError` naming the first offending key or YAML position."""
-    try:
-        _check_yaml_events(text)
-        cfg = OmegaConf.create(text)
-    except (yaml.YAMLError, OmegaConfBaseException) as e:
-        raise ConfigError(f"the stored config is not a valid config: {e}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"the stored config is a {type(cfg).__name__}, not a mapping")
-    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
-        if isinstance(value, str) and "${" in value and _is_interpolation(value, key):
-            raise ConfigError(
-                f"stored config key {key}: {value[:200]!r} is an interpolation; configs are "
-                "stored resolved, so this one was edited by hand"
-            )
-    return cfg
-
-
-def dump_stored_config(cfg: DictConfig) -> str:
-    """``cfg`` resolved, as the YAML :func:`parse_stored_config` reads back to the same values:
-    a string that holds ``${`` is escaped so that it stays a string."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    return OmegaConf.to_yaml(_escape_interpolations(container))
-
-
-def _escape_interpolations(node: Any) -> Any:
-    if isinstance(node, str):
-        # OmegaConf reads \${ as a literal ${, and \\ before ${ as one backslash
-        return _INTERPOLATION_START.sub(lambda m: m[1] * 2 + "\\${", node)
-    if isinstance(node, dict):
-        return {k: _escape_interpolations(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_escape_interpolations(v) for v in node]
-    return node
-
-
-def _check_yaml_events(text: str) -> None:
-    """Refuse YAML aliases and deep nesting while scanning, before any node is built."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_YAML_LOADER):
-        where = f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
-        if isinstance(event, yaml.AliasEvent):
-            raise ConfigError(
-                f"the stored config uses a YAML alias ({where}); configs written by this "
-                "package never do"
-            )
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            depth += 1
-            if depth > MAX_STORED_DEPTH:
-                raise ConfigError(
-                    f"the stored config is nested more than {MAX_STORED_DEPTH} levels deep "
-                    f"({where})"
-                )
-        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            depth -= 1
-
-
-def _leaves(container: Any) -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` for every leaf of a plain dict/list tree, without recursion."""
-    stack: list[tuple[str, Any]] = [("", container)]
-    while stack:
-        path, node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(
-                reversed([(f"{path}.{k}" if path else str(k), v) for k, v in node.items()])
-            )
-        elif isinstance(node, list):
-            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(node)]))
-        else:
-            yield path, node
-
-
-def _is_interpolation(value: str, key: str) -> bool:
-    """Whether OmegaConf would resolve anything in ``value`` (an escaped ``\\${`` is text)."""
-    try:
-        tree = grammar_parser.parse(value)
-    except (GrammarParseError, RecursionError):
-        raise ConfigError(
-            f"stored config key {key}: {value[:200]!r} is not a valid config string"
-        ) from None
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, OmegaConfGrammarParser.InterpolationContext):
-            return True
-        stack.extend(getattr(node, "children", None) or ())
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 from data_sources import find_pusht
 
-# Before any test module imports mlx.core: the package loads the fast CPU BLAS on import.
-import diffusion_policy_mlx  # noqa: F401
+# Before any test module imports mlx.core: importing accel loads the fast CPU BLAS.
+from diffusion_policy_mlx import accel
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DP_MLX_SHARED", REPO.parent / "shared"))
 FIXTURES = REPO / "tests" / "fixtures"
+
+# As an entry point does: MLX's default device, the default accel settings. Tests that build
+# policies directly run them plain unless they apply accel themselves.
+accel.configure()
 
 
 def _first_existing(*candidates: Path) -> Path:
@@ -54,11 +58,10 @@ def pusht_zarr(request: pytest.FixtureRequest) -> Path:
 def cpu_kernels():
     """The package's CPU extension (``diffusion_policy_mlx._cpu_kernels``): skips the test
     where it is not in use, and fails it instead under ``DP_MLX_REQUIRE_CPU_KERNELS`` (CI)."""
-    from diffusion_policy_mlx.model.common import few_row_matmul
+    from diffusion_policy_mlx.accel import extension
 
-    module = few_row_matmul.extension()
+    module, status = extension.load()
     if module is None:
-        status = few_row_matmul.kernel_status()
         if os.environ.get("DP_MLX_REQUIRE_CPU_KERNELS"):
             pytest.fail(
                 f"DP_MLX_REQUIRE_CPU_KERNELS is set but the CPU kernels are not in use: {status}"
@@ -74,3 +77,24 @@ def amx(cpu_kernels):
     if not cpu_kernels.amx:
         pytest.skip("this CPU or OS has no AMX with bfloat16 (Sapphire Rapids or later)")
     return cpu_kernels
+
+
+@pytest.fixture
+def cpu_config():
+    """``cpu_config(kernels, **changes)``: accel settings for the CPU with ``kernels`` (the
+    extension, a stand-in for it, or None for MLX's operations), one stream and float32
+    sampling weights unless ``changes`` say otherwise."""
+    import mlx.core as mx
+
+    def make(kernels=None, **changes) -> accel.AccelConfig:
+        settings = {
+            "device": mx.Device(mx.cpu),
+            "cpu_streams": 1,
+            "kernels": kernels,
+            "kernel_status": "given by the test",
+            "cpu_weights": mx.float32,
+            "fused_group_norm": False,
+        }
+        return accel.AccelConfig(**(settings | changes))
+
+    return make

@@ -23,9 +23,15 @@ OURS_ONLY = [
 ]
 # Intended differences: MLX device naming and where runs are written.
 DIFFERENT = {"training.device", "multi_run.run_dir", "multi_run.wandb_name_base", "logging.name"}
-# Keys only ours have: the image dataset loads just the observations the policy reads; how many
-# CPU streams a batch is split over (null: the package's default).
-OURS_ONLY_KEYS = {"task.dataset.n_obs_steps", "training.cpu_streams"}
+# Keys only ours have: the image dataset loads just the observations the policy reads; the speed
+# settings (the accel group).
+OURS_ONLY_KEYS = {
+    "task.dataset.n_obs_steps",
+    "accel.cpu_streams",
+    "accel.cpu_weights",
+    "accel.cpu_kernels",
+    "accel.fused_group_norm",
+}
 
 
 def _flat(node, prefix=""):
@@ -55,7 +61,7 @@ def test_same_keys_and_values_as_upstream(upstream_config_dir, name):
     theirs = _load(upstream_config_dir, name, ["hydra.run.dir=x"])
     assert ours.keys() - OURS_ONLY_KEYS == theirs.keys()
     assert all(ours[k] == ours["n_obs_steps"] for k in ours.keys() & {"task.dataset.n_obs_steps"})
-    assert ours["training.cpu_streams"] is None
+    assert ours["accel.cpu_streams"] is None and ours["accel.cpu_weights"] == "float32"
     differing = {k for k in theirs if ours[k] != theirs[k]}
     assert differing <= DIFFERENT, {k: (ours[k], theirs[k]) for k in differing - DIFFERENT}
     assert ours["training.device"] == "gpu" and theirs["training.device"] == "cuda:0"

@@ -8,7 +8,7 @@ Writes go to a temporary file that is renamed over the target, so a crash never 
 half-written ``latest.ckpt``. Loading checks the file's structure and checksums and names the
 damage; loading into a module checks every key and shape and names the mismatches.
 
-The stored config is read as untrusted data (:func:`~diffusion_policy_mlx.config_trust.\
+The stored config is read as untrusted data (:func:`~diffusion_policy_mlx.common.stored_config.\
 parse_stored_config`); what it may build is decided where it is built.
 """
 
@@ -37,9 +37,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_policy_mlx.common import atomic_file
-from diffusion_policy_mlx.config_compat import ConfigError
-from diffusion_policy_mlx.config_trust import dump_stored_config, parse_stored_config
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
+from diffusion_policy_mlx.common.fitted_module import FittedModule
+from diffusion_policy_mlx.common.stored_config import (
+    ConfigError,
+    dump_stored_config,
+    parse_stored_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +342,7 @@ def module_tensors(module: nn.Module, prefix: str) -> dict[str, mx.array]:
 
 
 def _normalizer_paths(module: nn.Module) -> list[str]:
-    return [name for name, m in module.named_modules() if isinstance(m, LinearNormalizer)]
+    return [name for name, m in module.named_modules() if isinstance(m, FittedModule)]
 
 
 def load_module(module: nn.Module, tensors: Mapping[str, mx.array], what: str) -> None:

@@ -6,7 +6,7 @@
  * frame and no prototype to keep in step with OpenBLAS; the LAPACK routines' hidden Fortran
  * string-length arguments pass through as MLX passes them.
  *
- * The library is linked without OpenBLAS: diffusion_policy_mlx/blas.py loads
+ * The library is linked without OpenBLAS: diffusion_policy_mlx/accel/blas.py loads
  * libscipy_openblas.so with RTLD_GLOBAL first, then this library (RTLD_GLOBAL too), and both
  * before mlx.core, whose unprefixed references then resolve here.
  *

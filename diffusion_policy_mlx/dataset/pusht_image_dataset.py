@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-import mlx.core as mx
 import numpy as np
 
 from diffusion_policy_mlx.common.data_checks import image_scale
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
-from diffusion_policy_mlx.common.sampler import SequenceSampler, downsample_mask, get_val_mask
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset
-from diffusion_policy_mlx.dataset.source import load_replay_buffer
+from diffusion_policy_mlx.dataset.sequence_dataset import ReplaySequenceDataset
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 
 
-class PushTImageDataset(BaseImageDataset):
+class PushTImageDataset(ReplaySequenceDataset, BaseImageDataset):
     """Windows of ``horizon`` steps: ``obs.image`` ``(T, 3, H, W)`` float32 in ``[0, 1]``,
     ``obs.agent_pos`` ``(T, 2)`` and ``action`` ``(T, 2)``, from the zarr keys ``img``
     (``(N, H, W, 3)``: uint8 or float 0..255, or float already in ``[0, 1]``, see
     :func:`~diffusion_policy_mlx.common.data_checks.image_scale`), ``state`` and ``action``.
 
-    Split and ``zarr_path`` semantics are those of
-    :class:`~diffusion_policy_mlx.dataset.pusht_dataset.PushTLowdimDataset`. With
+    Split and ``zarr_path`` semantics: :class:`ReplaySequenceDataset`. With
     ``n_obs_steps`` (not an upstream argument; ``None`` keeps upstream's windows) the
     observations hold only the first ``To = n_obs_steps`` steps, ``(To, 3, H, W)`` and
     ``(To, 2)``, equal to the full window's first ``To``: all a policy reads of them.
@@ -41,8 +37,7 @@ class PushTImageDataset(BaseImageDataset):
         n_obs_steps: int | None = None,
     ):
         super().__init__()
-        self.zarr_path = str(zarr_path)
-        self.replay_buffer = load_replay_buffer(zarr_path, keys=["img", "state", "action"])
+        self.open_buffer(zarr_path, ["img", "state", "action"])
         for key, rule, ok in [
             ("img", "(N, H, W, 3) RGB frames", lambda s: len(s) == 4 and s[-1] == 3),
             ("state", "(N, D>=2) with the agent (x, y) first", lambda s: len(s) == 2 and s[1] >= 2),
@@ -56,44 +51,12 @@ class PushTImageDataset(BaseImageDataset):
         # what to divide the images by: uint8 and float 0..255 by 255, float [0, 1] by 1
         self.image_scale = image_scale(self.replay_buffer["img"], "img", self.replay_buffer.source)
 
-        val_mask = get_val_mask(
-            n_episodes=self.replay_buffer.n_episodes, val_ratio=val_ratio, seed=seed
-        )
-        train_mask = downsample_mask(mask=~val_mask, max_n=max_train_episodes, seed=seed)
         # The policies only see the first n_obs_steps observations; reading only those cuts the
         # image batch (the loader's and the host-to-device copy's main cost) by horizon/n_obs_steps.
-        self.key_first_steps = (
-            {} if n_obs_steps is None else {"img": n_obs_steps, "state": n_obs_steps}
+        first_steps = {} if n_obs_steps is None else {"img": n_obs_steps, "state": n_obs_steps}
+        self.split_episodes(
+            horizon, pad_before, pad_after, seed, val_ratio, max_train_episodes, first_steps
         )
-        self.sampler = SequenceSampler(
-            replay_buffer=self.replay_buffer,
-            sequence_length=horizon,
-            pad_before=pad_before,
-            pad_after=pad_after,
-            episode_mask=train_mask,
-            key_first_steps=self.key_first_steps,
-        )
-        self.train_mask = train_mask
-        self.horizon = horizon
-        self.pad_before = pad_before
-        self.pad_after = pad_after
-
-    def __repr__(self) -> str:
-        return f"PushTImageDataset({self.zarr_path!r}, {len(self)} samples)"
-
-    def get_validation_dataset(self) -> PushTImageDataset:
-        """Windows over every episode not trained on, sharing this dataset's replay buffer."""
-        val_set = copy.copy(self)
-        val_set.train_mask = ~self.train_mask
-        val_set.sampler = SequenceSampler(
-            replay_buffer=self.replay_buffer,
-            sequence_length=self.horizon,
-            pad_before=self.pad_before,
-            pad_after=self.pad_after,
-            episode_mask=val_set.train_mask,
-            key_first_steps=self.key_first_steps,
-        )
-        return val_set
 
     def get_normalizer(self, mode: str = "limits", **kwargs) -> LinearNormalizer:
         """``action`` and ``agent_pos`` fitted on all episodes; ``image`` maps ``[0, 1]`` to
@@ -111,13 +74,6 @@ class PushTImageDataset(BaseImageDataset):
         normalizer["image"] = get_image_range_normalizer()
         return normalizer
 
-    def get_all_actions(self) -> mx.array:
-        """``(N, 2)``: every recorded action of every episode."""
-        return mx.array(self.replay_buffer["action"])
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
     def _sample_to_data(self, sample: Mapping[str, np.ndarray]) -> dict:
         """Sampled arrays with leading axes ``(...)`` -> the sample dict.
 
@@ -134,11 +90,3 @@ class PushTImageDataset(BaseImageDataset):
             },
             "action": sample["action"].astype(np.float32),
         }
-
-    def __getitem__(self, idx: int) -> dict:
-        """``{'obs': {'image': (T, 3, H, W), 'agent_pos': (T, 2)}, 'action': (T, 2)}``."""
-        return self._sample_to_data(self.sampler.sample_sequence(idx))
-
-    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> dict:
-        """The samples ``indices`` stacked: every array gains a leading ``B`` axis."""
-        return self._sample_to_data(self.sampler.sample_sequences(indices))

@@ -2,26 +2,22 @@
 
 from pathlib import Path
 
+import gymnasium as gym
 import mlx.core as mx
 import numpy as np
 
 from diffusion_policy_mlx.env.pusht.pusht_image_env import PushTImageEnv
 from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
-from diffusion_policy_mlx.env_runner.pusht_rollout import (
+from diffusion_policy_mlx.env_runner.rollout import (
+    RolloutRunner,
     VectorRollout,
     past_action_input,
     plan_episodes,
-    summarize,
+    recorded_env,
 )
-from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
-from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
-    VideoRecorder,
-    VideoRecordingWrapper,
-)
-from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 
 
-class PushTImageRunner(BaseImageRunner):
+class PushTImageRunner(RolloutRunner, BaseImageRunner):
     """Rolls an image policy out on ``n_train`` + ``n_test`` seeded PushT episodes.
 
     Upstream's kwargs and log keys. Episodes run ``n_envs`` at a time (default: all at once),
@@ -65,16 +61,15 @@ class PushTImageRunner(BaseImageRunner):
         # PushT runs at 10 Hz: record every (10 // fps)-th step for fps below that.
         steps_per_render = max(10 // fps, 1)
 
-        def env_fn() -> MultiStepWrapper:
-            return MultiStepWrapper(
-                VideoRecordingWrapper(
-                    PushTImageEnv(legacy=legacy_test, render_size=render_size),
-                    video_recorder=VideoRecorder.create_h264(fps=fps, crf=crf),
-                    steps_per_render=steps_per_render,
-                ),
+        def env_fn() -> gym.Env:
+            return recorded_env(
+                PushTImageEnv(legacy=legacy_test, render_size=render_size),
                 n_obs_steps=n_obs_steps,
                 n_action_steps=n_action_steps,
-                max_episode_steps=max_steps,
+                max_steps=max_steps,
+                fps=fps,
+                crf=crf,
+                steps_per_render=steps_per_render,
             )
 
         self.rollout = VectorRollout(
@@ -92,17 +87,12 @@ class PushTImageRunner(BaseImageRunner):
         self.past_action = past_action
         self.max_steps = max_steps
 
-    def run(self, policy: BaseImagePolicy) -> dict[str, float | str]:
-        """Roll ``policy`` out on every episode; returns upstream's log dict (videos as paths)."""
-
-        def act(obs: dict[str, np.ndarray], past_action: np.ndarray | None) -> np.ndarray:
-            obs_dict = {key: mx.array(value.astype(np.float32)) for key, value in obs.items()}
-            if self.past_action and past_action is not None:
-                obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
-            return np.array(policy.predict_action(obs_dict)["action"])
-
-        return summarize(self.rollout.run(act, on_batch_start=policy.reset))
-
-    def close(self) -> None:
-        """Shut the envs (and their worker processes) down."""
-        self.rollout.close()
+    def policy_input(
+        self, obs: dict[str, np.ndarray], past_action: np.ndarray | None
+    ) -> dict[str, mx.array]:
+        """``{"image": (B, To, 3, R, R), "agent_pos": (B, To, 2)}`` float32, plus
+        ``past_action`` when enabled."""
+        obs_dict = {key: mx.array(value.astype(np.float32)) for key, value in obs.items()}
+        if self.past_action and past_action is not None:
+            obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
+        return obs_dict

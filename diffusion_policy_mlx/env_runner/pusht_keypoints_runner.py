@@ -2,26 +2,22 @@
 
 from pathlib import Path
 
+import gymnasium as gym
 import mlx.core as mx
 import numpy as np
 
 from diffusion_policy_mlx.env.pusht.pusht_keypoints_env import PushTKeypointsEnv
 from diffusion_policy_mlx.env_runner.base_lowdim_runner import BaseLowdimRunner
-from diffusion_policy_mlx.env_runner.pusht_rollout import (
+from diffusion_policy_mlx.env_runner.rollout import (
+    RolloutRunner,
     VectorRollout,
     past_action_input,
     plan_episodes,
-    summarize,
+    recorded_env,
 )
-from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
-from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
-    VideoRecorder,
-    VideoRecordingWrapper,
-)
-from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
 
 
-class PushTKeypointsRunner(BaseLowdimRunner):
+class PushTKeypointsRunner(RolloutRunner, BaseLowdimRunner):
     """Rolls a low-dim policy out on ``n_train`` + ``n_test`` seeded PushT keypoint episodes.
 
     Upstream's kwargs and log keys. Each control step makes one batched ``predict_action`` call
@@ -69,21 +65,20 @@ class PushTKeypointsRunner(BaseLowdimRunner):
         )
         kp_kwargs = PushTKeypointsEnv.genenerate_keypoint_manager_params()
 
-        def env_fn() -> MultiStepWrapper:
-            return MultiStepWrapper(
-                VideoRecordingWrapper(
-                    PushTKeypointsEnv(
-                        legacy=legacy_test,
-                        keypoint_visible_rate=keypoint_visible_rate,
-                        agent_keypoints=agent_keypoints,
-                        **kp_kwargs,
-                    ),
-                    # upstream records every step here whatever the fps
-                    video_recorder=VideoRecorder.create_h264(fps=fps, crf=crf),
+        def env_fn() -> gym.Env:
+            # upstream records every step here whatever the fps
+            return recorded_env(
+                PushTKeypointsEnv(
+                    legacy=legacy_test,
+                    keypoint_visible_rate=keypoint_visible_rate,
+                    agent_keypoints=agent_keypoints,
+                    **kp_kwargs,
                 ),
                 n_obs_steps=n_obs_steps + n_latency_steps,
                 n_action_steps=n_action_steps,
-                max_episode_steps=max_steps,
+                max_steps=max_steps,
+                fps=fps,
+                crf=crf,
             )
 
         self.rollout = VectorRollout(
@@ -103,23 +98,19 @@ class PushTKeypointsRunner(BaseLowdimRunner):
         self.past_action = past_action
         self.max_steps = max_steps
 
-    def run(self, policy: BaseLowdimPolicy) -> dict[str, float | str]:
-        """Roll ``policy`` out on every episode; returns upstream's log dict (videos as paths)."""
+    def policy_input(self, obs: np.ndarray, past_action: np.ndarray | None) -> dict[str, mx.array]:
+        """The oldest ``n_obs_steps`` of ``obs`` (B, To + latency, 2 * Do), values then their
+        visibility mask: ``{"obs": (B, To, Do) float32, "obs_mask": (B, To, Do) bool}``, plus
+        ``past_action`` when enabled."""
+        do = obs.shape[-1] // 2
+        obs_dict = {
+            "obs": mx.array(obs[:, : self.n_obs_steps, :do].astype(np.float32)),
+            "obs_mask": mx.array(obs[:, : self.n_obs_steps, do:] > 0.5),
+        }
+        if self.past_action and past_action is not None:
+            obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
+        return obs_dict
 
-        def act(obs: np.ndarray, past_action: np.ndarray | None) -> np.ndarray:
-            # obs (B, To + latency, 2 * Do): values then their visibility mask
-            do = obs.shape[-1] // 2
-            obs_dict = {
-                "obs": mx.array(obs[:, : self.n_obs_steps, :do].astype(np.float32)),
-                "obs_mask": mx.array(obs[:, : self.n_obs_steps, do:] > 0.5),
-            }
-            if self.past_action and past_action is not None:
-                obs_dict["past_action"] = past_action_input(past_action, self.n_obs_steps)
-            action = np.array(policy.predict_action(obs_dict)["action"])
-            return action[:, self.n_latency_steps :]
-
-        return summarize(self.rollout.run(act, on_batch_start=policy.reset))
-
-    def close(self) -> None:
-        """Shut the envs (and their worker processes) down."""
-        self.rollout.close()
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        """The first ``n_latency_steps`` predicted actions fall in the simulated latency."""
+        return action[:, self.n_latency_steps :]

@@ -1,50 +1,43 @@
-"""What the five diffusion policies share: the denoising loop and the masked diffusion loss.
+"""What the five diffusion policies share: the denoising loop, the masked diffusion loss and
+the conditioning helpers.
 
 Upstream repeats ``conditional_sample`` and the body of ``compute_loss`` in every policy; here they
-are written once. The model is called as ``model(trajectory, timesteps, **model_kwargs)``, which
-covers both ``ConditionalUnet1D(..., local_cond=, global_cond=)`` and
-``TransformerForDiffusion(..., cond=)``.
+are written once, over any :class:`~diffusion_policy_mlx.schedulers.GenerativeProcess`
+(:class:`~.diffusion_policy_base.DiffusionPolicyBase` calls them). The model is called as
+``model(trajectory, timesteps, **model_kwargs)``, which covers both
+``ConditionalUnet1D(..., local_cond=, global_cond=)`` and ``TransformerForDiffusion(..., cond=)``.
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx.common.batch_split import BatchSplit
 from diffusion_policy_mlx.common.distributed import current_shard, sharded_draw
-from diffusion_policy_mlx.model.common import few_row_matmul
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
-from diffusion_policy_mlx.model.diffusion.mask_generator import LowdimMaskGenerator
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
-# conditional_sample computes a ConditionalUnet1D's FiLM features ahead of the loop; False is
-# the other side of benchmarks/bench_film_tables.py.
-PRECOMPUTE_FILM = True
 # Largest value ``mx.random.randint`` draws for a fresh key; any uint32 pair is a valid key.
 _KEY_HIGH = 2**31 - 1
 
 
-class NoiseScheduler(Protocol):
-    """The part of the diffusers-style scheduler API the policies use."""
+class SamplingWeights(Protocol):
+    """Low-precision copies of a model's weights for the compiled sampling loop (accel's
+    ``SamplingWeights``): refreshed before each loop, declared as an input of the compiled step
+    and read by the model's layers while it is traced inside :meth:`active`."""
 
-    config: Any
-    timesteps: Any
+    arrays: dict[str, mx.array]
+    signature: tuple
 
-    def set_timesteps(self, num_inference_steps: int) -> None: ...
+    def refresh(self, model: nn.Module) -> None: ...
 
-    def step(
-        self, model_output: mx.array, timestep: Any, sample: mx.array, **kwargs: Any
-    ) -> Any: ...
-
-    def add_noise(
-        self, original_samples: mx.array, noise: mx.array, timesteps: mx.array
-    ) -> mx.array: ...
+    def active(self) -> Any: ...
 
 
 def action_dim_from_shape_meta(shape_meta: dict, policy_name: str) -> int:
@@ -90,9 +83,28 @@ def obs_inpainting_condition(
     return condition_data, condition_mask
 
 
+def normalized_lowdim_obs(
+    policy: nn.Module, obs_dim: int, obs_dict: Mapping[str, mx.array]
+) -> mx.array:
+    """``obs_dict["obs"]`` (B, To', Do) normalized by ``policy.normalizer``, after checking that
+    it is what a lowdim policy built for ``obs_dim`` features reads."""
+    name = type(policy).__name__
+    if "obs" not in obs_dict:
+        raise KeyError(f"{name}.predict_action needs obs_dict['obs']; got keys {sorted(obs_dict)}")
+    if "past_action" in obs_dict:
+        raise NotImplementedError("past_action conditioning is not implemented (as upstream)")
+    nobs = policy.normalizer["obs"].normalize(obs_dict["obs"])
+    if nobs.shape[-1] != obs_dim:
+        raise ValueError(
+            f"obs_dict['obs'] has {nobs.shape[-1]} features per step; the policy was built with "
+            f"obs_dim={obs_dim}"
+        )
+    return nobs
+
+
 def denoise_step(
     model: nn.Module,
-    scheduler: NoiseScheduler,
+    process: GenerativeProcess,
     step_kwargs: Mapping[str, Any],
     trajectory: mx.array,
     t: mx.array,
@@ -104,58 +116,63 @@ def denoise_step(
     """One reverse step x_t -> x_{t-1}: inpaint the conditioned entries, predict, step.
 
     ``trajectory``, ``condition_data``: (B, T, D); ``condition_mask``: (B, T, D) bool; ``t``: 0-d
-    int array; ``key``: the PRNG key of the scheduler's variance noise.
+    array; ``key``: the PRNG key of the step's noise, drawn here per sample (a batch split over
+    CPU streams or ranks draws the whole batch's and keeps its rows) and unused by a
+    deterministic step.
     """
     trajectory = mx.where(condition_mask, condition_data, trajectory)
     timesteps = mx.broadcast_to(t, (trajectory.shape[0],))
     model_output = model(trajectory, timesteps, **model_kwargs)
-    return scheduler.step(model_output, t, trajectory, key=key, **step_kwargs).prev_sample
+    noise = sharded_draw(
+        lambda shape: mx.random.normal(shape, dtype=trajectory.dtype, key=key), trajectory.shape
+    )
+    return process.step(
+        model_output, t, trajectory, variance_noise=noise, **step_kwargs
+    ).prev_sample
 
 
 class CompiledStepCache:
     """The ``mx.compile``d :func:`denoise_step` of one policy, rebuilt when its inputs change.
 
-    The compiled function closes over the model, the scheduler (whose tables and
-    ``num_inference_steps`` it reads at trace time), the scheduler kwargs, the model's
-    train/eval mode and the batch shard being sampled (a CPU stream's chunk), so each
-    combination gets its own entry. The model's arrays are declared as
-    compile inputs, so updated weights (training, EMA, checkpoint loads) are picked up without
-    retracing. A deep copy (the EMA policy) starts empty, because the copied entries would still
-    call the original model. ``weights`` holds the model's low-precision convolution weights for
-    the CPU kernels (``DP_MLX_CPU_WEIGHTS=float16`` or ``bfloat16``), also a compile input.
+    The compiled function closes over the model, the process (whose tables and
+    ``num_inference_steps`` it reads at trace time), the step kwargs, the model's train/eval
+    mode, the batch shard being sampled (a CPU stream's chunk) and the sampling weights'
+    signature, so each combination gets its own entry. The model's arrays (and the sampling
+    weights' copies) are declared as compile inputs, so updated weights (training, EMA,
+    checkpoint loads) are picked up without retracing. A deep copy (the EMA policy) starts
+    empty, because the copied entries would still call the original model.
     """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, tuple[nn.Module, NoiseScheduler, Callable]] = {}
-        self.weights = few_row_matmul.InferenceWeights()
+        self.entries: dict[tuple, tuple[nn.Module, GenerativeProcess, Callable]] = {}
 
     def get(
         self,
         model: nn.Module,
-        scheduler: NoiseScheduler,
+        process: GenerativeProcess,
         num_inference_steps: int,
         step_kwargs: Mapping[str, Any],
+        weights: SamplingWeights | None = None,
     ) -> Callable:
         signature = (
             id(model),
-            id(scheduler),
+            id(process),
             num_inference_steps,
             model.training,
             tuple(sorted(step_kwargs.items())),
             # a chunk's rows of the batch's noise are chosen at trace time
             current_shard(),
-            len(self.weights.arrays),
-            str(self.weights.dtype),
+            None if weights is None else weights.signature,
         )
         entry = self.entries.get(signature)
-        if entry is None or entry[0] is not model or entry[1] is not scheduler:
+        if entry is None or entry[0] is not model or entry[1] is not process:
             fn = mx.compile(
-                partial(denoise_step, model, scheduler, dict(step_kwargs)),
+                partial(denoise_step, model, process, dict(step_kwargs)),
                 # The random state travels through so dropout in train mode stays random.
-                inputs=[model.state, self.weights.arrays, mx.random.state],
+                inputs=[model.state, {} if weights is None else weights.arrays, mx.random.state],
                 outputs=[mx.random.state],
             )
-            entry = (model, scheduler, fn)
+            entry = (model, process, fn)
             self.entries[signature] = entry
         return entry[2]
 
@@ -163,54 +180,18 @@ class CompiledStepCache:
         return CompiledStepCache()
 
 
-def init_diffusion_policy(
-    policy: nn.Module,
-    noise_scheduler: NoiseScheduler,
-    *,
-    horizon: int,
-    action_dim: int,
-    n_action_steps: int,
-    n_obs_steps: int,
-    mask_obs_dim: int,
-    num_inference_steps: int | None,
-    kwargs: Mapping[str, Any],
-) -> None:
-    """Set what every diffusion policy holds the same way: the scheduler, the inpainting mask
-    generator over ``action_dim + mask_obs_dim`` features (``mask_obs_dim=0`` when observations
-    condition the model instead), an empty normalizer, the horizon and step counts,
-    ``noise_scheduler.step`` options (``kwargs``), ``num_inference_steps`` (default: the
-    training timesteps) and the compiled-step cache of :func:`conditional_sample`."""
-    policy.noise_scheduler = noise_scheduler
-    policy.mask_generator = LowdimMaskGenerator(
-        action_dim=action_dim,
-        obs_dim=mask_obs_dim,
-        max_n_obs_steps=n_obs_steps,
-        fix_obs_steps=True,
-        action_visible=False,
-    )
-    policy.normalizer = LinearNormalizer()
-    policy.horizon = horizon
-    policy.action_dim = action_dim
-    policy.n_action_steps = n_action_steps
-    policy.n_obs_steps = n_obs_steps
-    # Set on the instance, not as a module item: scheduler options are not parameters.
-    object.__setattr__(policy, "kwargs", dict(kwargs))
-    if num_inference_steps is None:
-        num_inference_steps = noise_scheduler.config.num_train_timesteps
-    policy.num_inference_steps = num_inference_steps
-    policy.compile_sampling = True
-    policy.step_cache = CompiledStepCache()
-
-
 def conditional_sample(
     model: nn.Module,
-    scheduler: NoiseScheduler,
+    process: GenerativeProcess,
     num_inference_steps: int,
     condition_data: mx.array,
     condition_mask: mx.array,
     model_kwargs: dict[str, mx.array | None],
     key: mx.array | None = None,
     step_cache: CompiledStepCache | None = None,
+    batch_split: BatchSplit | None = None,
+    weights: SamplingWeights | None = None,
+    precompute_film: bool = True,
     **step_kwargs: Any,
 ) -> mx.array:
     """Sample (B, T, D) trajectories by reverse diffusion, keeping ``condition_data`` where
@@ -218,22 +199,21 @@ def conditional_sample(
 
     Randomness comes from ``key`` (split into the initial noise and one key per step) or, when it
     is None, from a key drawn from MLX's global generator. With ``step_cache`` every step runs
-    the compiled :func:`denoise_step` (with the cache's low-precision weights for the CPU
-    kernel, when ``DP_MLX_CPU_WEIGHTS`` asks for them); without it the same function runs
-    eagerly, on the float32 weights. A
-    :class:`ConditionalUnet1D` gets every step's FiLM features computed before the loop
-    (:meth:`ConditionalUnet1D.film_tables`). On the CPU the batch's rows are split over
-    :mod:`~diffusion_policy_mlx.common.cpu_streams`, with the same result. Nothing is
-    evaluated here: the result is a lazy array over the whole loop.
+    the compiled :func:`denoise_step` (reading ``weights``' low-precision copies, when given);
+    without it the same function runs eagerly, on the model's own weights. With
+    ``precompute_film`` a :class:`ConditionalUnet1D` gets every step's FiLM features computed
+    before the loop (:meth:`ConditionalUnet1D.film_tables`). ``batch_split`` may cut the batch's
+    rows into chunks (accel's CPU streams), with the same result. Nothing is evaluated here:
+    the result is a lazy array over the whole loop.
     """
     if key is None:
         key = random_key()
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = np.asarray(scheduler.timesteps).tolist()
+    split = BatchSplit() if batch_split is None else batch_split
+    timesteps = process.sampling_timesteps(num_inference_steps)
     keys = mx.random.split(key, len(timesteps) + 1)
     conds = {k: v for k, v in model_kwargs.items() if v is not None}
     film_time = None
-    if PRECOMPUTE_FILM and isinstance(model, ConditionalUnet1D):
+    if precompute_film and isinstance(model, ConditionalUnet1D):
         # every step's FiLM features in one go, ahead of the loop (ConditionalUnet1D.film_tables)
         film_time, film_cond = model.film_tables(
             mx.array(timesteps), conds.pop("global_cond", None)
@@ -249,23 +229,23 @@ def conditional_sample(
         "conds": conds,
     }
 
-    weights = None
-    if step_cache is not None:
-        weights = step_cache.weights
+    if step_cache is None:
+        weights = None
+    elif weights is not None:
         weights.refresh(model)
 
     def denoise(rows: dict) -> mx.array:
         if step_cache is None:
-            step = partial(denoise_step, model, scheduler, step_kwargs)
+            step = partial(denoise_step, model, process, step_kwargs)
         else:
-            step = step_cache.get(model, scheduler, num_inference_steps, step_kwargs)
+            step = step_cache.get(model, process, num_inference_steps, step_kwargs, weights)
         trajectory = rows["trajectory"]
         for i, t in enumerate(timesteps):
             step_conds = (
                 rows["conds"] if film_time is None else {**rows["conds"], "film_time": film_time[i]}
             )
-            # the first call traces the step: its convolutions look their weights up here
-            with few_row_matmul.using(weights):
+            # the first call traces the step: its layers look their weights up here
+            with nullcontext() if weights is None else weights.active():
                 trajectory = step(
                     trajectory,
                     mx.array(t),
@@ -277,8 +257,8 @@ def conditional_sample(
         # The last step's output is not inpainted inside the loop.
         return mx.where(rows["condition_mask"], rows["condition_data"], trajectory)
 
-    cpu_streams.use_blas_threads(condition_data.shape[0])
-    chunks = cpu_streams.map_chunks(denoise, rows)
+    split.use_blas_threads(condition_data.shape[0])
+    chunks = split.map_chunks(denoise, rows)
     if chunks is None:
         return denoise(rows)
     return mx.concatenate([sample for _, sample in chunks])
@@ -286,7 +266,7 @@ def conditional_sample(
 
 def diffusion_loss(
     model: nn.Module,
-    scheduler: NoiseScheduler,
+    process: GenerativeProcess,
     trajectory: mx.array,
     condition_mask: mx.array,
     model_kwargs: dict[str, mx.array | None],
@@ -294,38 +274,30 @@ def diffusion_loss(
     noise: mx.array | None = None,
     timesteps: mx.array | None = None,
 ) -> mx.array:
-    """Upstream's denoising loss: noise ``trajectory`` (B, T, D) at uniformly drawn timesteps,
+    """Upstream's denoising loss: corrupt ``trajectory`` (B, T, D) at drawn training times,
     inpaint ``condition_data`` (default: ``trajectory``) where ``condition_mask`` is set, and
-    return the MSE between the model's prediction and its target (the noise for ``epsilon``, the
-    clean trajectory for ``sample``) over the entries NOT conditioned on.
+    return the MSE between the model's prediction and the process's regression target over the
+    entries NOT conditioned on.
 
     ``noise`` (B, T, D) and ``timesteps`` (B,) may be given; otherwise they are drawn from MLX's
-    global generator. Pure array code: safe inside ``nn.value_and_grad`` and ``mx.compile``.
+    global generator, per sample (in data-parallel training each rank draws what a 1-process run
+    would). Pure array code: safe inside ``nn.value_and_grad`` and ``mx.compile``.
     """
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "sample"):
-        raise ValueError(
-            f"noise_scheduler.prediction_type={prediction_type!r} is not supported by the "
-            "diffusion policies; use 'epsilon' or 'sample'"
-        )
     if condition_data is None:
         condition_data = trajectory
-    batch_size = trajectory.shape[0]
-    # sharded_draw: in data-parallel training each rank draws what a 1-process run would
     if noise is None:
         noise = sharded_draw(
             lambda shape: mx.random.normal(shape, dtype=trajectory.dtype), trajectory.shape
         )
     if timesteps is None:
-        n_train = scheduler.config.num_train_timesteps
-        timesteps = sharded_draw(lambda shape: mx.random.randint(0, n_train, shape), (batch_size,))
+        timesteps = sharded_draw(process.sample_train_times, (trajectory.shape[0],))
+    target = process.target(trajectory, noise, timesteps)
 
-    noisy_trajectory = scheduler.add_noise(trajectory, noise, timesteps)
+    noisy_trajectory = process.make_train_input(trajectory, noise, timesteps)
     noisy_trajectory = mx.where(condition_mask, condition_data, noisy_trajectory)
     conds = {k: v for k, v in model_kwargs.items() if v is not None}
     pred = model(noisy_trajectory, timesteps, **conds)
 
-    target = noise if prediction_type == "epsilon" else trajectory
     loss_mask = mx.logical_not(condition_mask).astype(pred.dtype)
     # Every sample has the same number of entries, so upstream's per-sample mean followed by
     # the batch mean equals one mean over everything.

@@ -7,23 +7,20 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    NoiseScheduler,
     action_dim_from_shape_meta,
-    conditional_sample,
-    diffusion_loss,
     encode_obs_steps,
     grouped_adamw,
-    init_diffusion_policy,
     obs_inpainting_condition,
 )
+from diffusion_policy_mlx.policy.diffusion_policy_base import DiffusionPolicyBase
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
 
-class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
+class DiffusionTransformerHybridImagePolicy(DiffusionPolicyBase, BaseImagePolicy):
     """Denoises a (B, T, Da) action trajectory with a :class:`TransformerForDiffusion` whose
     condition tokens are the robomimic-style encoder's per-step features (B, To, Do).
 
@@ -34,10 +31,12 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
     ``noise_scheduler.step``.
     """
 
+    model_kwarg_names = ("cond",)
+
     def __init__(
         self,
         shape_meta: dict,
-        noise_scheduler: NoiseScheduler,
+        noise_scheduler: GenerativeProcess,
         # task params
         horizon: int,
         n_action_steps: int,
@@ -60,7 +59,6 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
         pred_action_steps_only: bool = False,
         **kwargs: Any,
     ):
-        super().__init__()
         if pred_action_steps_only and not obs_as_cond:
             raise ValueError(
                 "DiffusionTransformerHybridImagePolicy: pred_action_steps_only=True needs "
@@ -76,8 +74,7 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
         obs_feature_dim = obs_encoder.output_shape()[0]
         input_dim = action_dim if obs_as_cond else obs_feature_dim + action_dim
 
-        self.obs_encoder = obs_encoder
-        self.model = TransformerForDiffusion(
+        model = TransformerForDiffusion(
             input_dim=input_dim,
             output_dim=input_dim,
             horizon=horizon,
@@ -93,8 +90,8 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
             obs_as_cond=obs_as_cond,
             n_cond_layers=n_cond_layers,
         )
-        init_diffusion_policy(
-            self,
+        super().__init__(
+            model,
             noise_scheduler,
             horizon=horizon,
             action_dim=action_dim,
@@ -103,33 +100,11 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
             mask_obs_dim=0 if obs_as_cond else obs_feature_dim,
             num_inference_steps=num_inference_steps,
             kwargs=kwargs,
+            obs_encoder=obs_encoder,
         )
         self.obs_feature_dim = obs_feature_dim
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
-
-    # ========= inference ============
-    def conditional_sample(
-        self,
-        condition_data: mx.array,
-        condition_mask: mx.array,
-        cond: mx.array | None = None,
-        key: mx.array | None = None,
-        **kwargs: Any,
-    ) -> mx.array:
-        """Reverse diffusion from noise to a (B, T, D) trajectory that keeps ``condition_data``
-        where ``condition_mask`` is set. ``kwargs`` go to ``noise_scheduler.step``."""
-        return conditional_sample(
-            self.model,
-            self.noise_scheduler,
-            self.num_inference_steps,
-            condition_data,
-            condition_mask,
-            {"cond": cond},
-            key=key,
-            step_cache=self.step_cache if self.compile_sampling else None,
-            **kwargs,
-        )
 
     def predict_action(
         self, obs_dict: dict[str, mx.array], key: mx.array | None = None
@@ -139,9 +114,7 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
         if "past_action" in obs_dict:
             raise NotImplementedError("past_action conditioning is not implemented (as upstream)")
         nobs = self.normalizer.normalize(obs_dict)
-        To = self.n_obs_steps
-        T = self.horizon
-        Da = self.action_dim
+        To, T, Da = self.n_obs_steps, self.horizon, self.action_dim
 
         # The encoder runs once per call, outside the denoising loop.
         nobs_features = encode_obs_steps(self.obs_encoder, nobs, To)
@@ -155,19 +128,7 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
         else:
             cond_data, cond_mask = obs_inpainting_condition(nobs_features, T, Da)
 
-        nsample = self.conditional_sample(cond_data, cond_mask, cond=cond, key=key, **self.kwargs)
-
-        action_pred = self.normalizer["action"].unnormalize(nsample[..., :Da])
-        if self.pred_action_steps_only:
-            action = action_pred
-        else:
-            start = To - 1
-            action = action_pred[:, start : start + self.n_action_steps]
-        return {"action": action, "action_pred": action_pred}
-
-    # ========= training ============
-    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
-        self.normalizer.load_state_dict(normalizer.state_dict())
+        return self.sample_actions(cond_data, cond_mask, {"cond": cond}, key)[1]
 
     def get_optimizer(
         self,
@@ -207,23 +168,10 @@ class DiffusionTransformerHybridImagePolicy(BaseImagePolicy):
         if self.obs_as_cond:
             cond = encode_obs_steps(self.obs_encoder, nobs, To)
             if self.pred_action_steps_only:
-                trajectory = nactions[:, To - 1 : To - 1 + self.n_action_steps]
+                trajectory = self.action_window(nactions)
         else:
             nobs_features = encode_obs_steps(self.obs_encoder, nobs)
             # As upstream: with inpainting the encoder gets no gradient from this loss.
             trajectory = mx.stop_gradient(mx.concatenate([nactions, nobs_features], axis=-1))
 
-        if self.pred_action_steps_only:
-            condition_mask = mx.zeros(trajectory.shape, mx.bool_)
-        else:
-            condition_mask = self.mask_generator(trajectory.shape)
-
-        return diffusion_loss(
-            self.model,
-            self.noise_scheduler,
-            trajectory,
-            condition_mask,
-            {"cond": cond},
-            noise=noise,
-            timesteps=timesteps,
-        )
+        return self.denoising_loss(trajectory, {"cond": cond}, noise=noise, timesteps=timesteps)

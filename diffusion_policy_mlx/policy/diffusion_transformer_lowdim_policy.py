@@ -5,20 +5,18 @@ from typing import Any
 import mlx.core as mx
 import mlx.optimizers as optim
 
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    NoiseScheduler,
-    conditional_sample,
-    diffusion_loss,
     grouped_adamw,
-    init_diffusion_policy,
+    normalized_lowdim_obs,
     obs_inpainting_condition,
 )
+from diffusion_policy_mlx.policy.diffusion_policy_base import DiffusionPolicyBase
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
 
-class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
+class DiffusionTransformerLowdimPolicy(DiffusionPolicyBase, BaseLowdimPolicy):
     """Denoises a (B, T, Da) action trajectory with a :class:`TransformerForDiffusion`.
 
     With ``obs_as_cond`` the first ``n_obs_steps`` normalized observations (B, To, Do) are the
@@ -28,10 +26,12 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
     ``noise_scheduler.step``.
     """
 
+    model_kwarg_names = ("cond",)
+
     def __init__(
         self,
         model: TransformerForDiffusion,
-        noise_scheduler: NoiseScheduler,
+        noise_scheduler: GenerativeProcess,
         horizon: int,
         obs_dim: int,
         action_dim: int,
@@ -42,14 +42,12 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
         pred_action_steps_only: bool = False,
         **kwargs: Any,
     ):
-        super().__init__()
         if pred_action_steps_only and not obs_as_cond:
             raise ValueError(
                 "DiffusionTransformerLowdimPolicy: pred_action_steps_only=True needs obs_as_cond=True"
             )
-        self.model = model
-        init_diffusion_policy(
-            self,
+        super().__init__(
+            model,
             noise_scheduler,
             horizon=horizon,
             action_dim=action_dim,
@@ -63,50 +61,15 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
 
-    # ========= inference ============
-    def conditional_sample(
-        self,
-        condition_data: mx.array,
-        condition_mask: mx.array,
-        cond: mx.array | None = None,
-        key: mx.array | None = None,
-        **kwargs: Any,
-    ) -> mx.array:
-        """Reverse diffusion from noise to a (B, T, D) trajectory that keeps ``condition_data``
-        where ``condition_mask`` is set. ``kwargs`` go to ``noise_scheduler.step``."""
-        return conditional_sample(
-            self.model,
-            self.noise_scheduler,
-            self.num_inference_steps,
-            condition_data,
-            condition_mask,
-            {"cond": cond},
-            key=key,
-            step_cache=self.step_cache if self.compile_sampling else None,
-            **kwargs,
-        )
-
     def predict_action(
         self, obs_dict: dict[str, mx.array], key: mx.array | None = None
     ) -> dict[str, mx.array]:
         """``obs_dict["obs"]``: (B, To', Do) with To' >= n_obs_steps. Returns ``action`` (B, Ta, Da)
         and ``action_pred`` (B, T, Da), plus ``obs_pred`` (B, T, Do) and ``action_obs_pred``
         (B, Ta, Do) when the observations are inpainted."""
-        if "obs" not in obs_dict:
-            raise KeyError(
-                f"DiffusionTransformerLowdimPolicy.predict_action needs obs_dict['obs']; got keys {sorted(obs_dict)}"
-            )
-        if "past_action" in obs_dict:
-            raise NotImplementedError("past_action conditioning is not implemented (as upstream)")
-        nobs = self.normalizer["obs"].normalize(obs_dict["obs"])
-        B, _, Do = nobs.shape
-        if Do != self.obs_dim:
-            raise ValueError(
-                f"obs_dict['obs'] has {Do} features per step; the policy was built with obs_dim={self.obs_dim}"
-            )
-        To = self.n_obs_steps
-        T = self.horizon
-        Da = self.action_dim
+        nobs = normalized_lowdim_obs(self, self.obs_dim, obs_dict)
+        B = nobs.shape[0]
+        To, T, Da = self.n_obs_steps, self.horizon, self.action_dim
 
         cond = None
         if self.obs_as_cond:
@@ -117,24 +80,10 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
         else:
             cond_data, cond_mask = obs_inpainting_condition(nobs[:, :To], T, Da)
 
-        nsample = self.conditional_sample(cond_data, cond_mask, cond=cond, key=key, **self.kwargs)
-
-        action_pred = self.normalizer["action"].unnormalize(nsample[..., :Da])
-        action_slice = slice(To - 1, To - 1 + self.n_action_steps)
-        if self.pred_action_steps_only:
-            action = action_pred
-        else:
-            action = action_pred[:, action_slice]
-        result = {"action": action, "action_pred": action_pred}
+        nsample, result = self.sample_actions(cond_data, cond_mask, {"cond": cond}, key)
         if not self.obs_as_cond:
-            obs_pred = self.normalizer["obs"].unnormalize(nsample[..., Da:])
-            result["action_obs_pred"] = obs_pred[:, action_slice]
-            result["obs_pred"] = obs_pred
+            self.add_obs_prediction(nsample, result)
         return result
-
-    # ========= training ============
-    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
-        self.normalizer.load_state_dict(normalizer.state_dict())
 
     def get_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float]
@@ -160,28 +109,13 @@ class DiffusionTransformerLowdimPolicy(BaseLowdimPolicy):
             raise NotImplementedError("batch['valid_mask'] is not supported (as upstream)")
         obs = self.normalizer["obs"].normalize(batch["obs"])
         action = self.normalizer["action"].normalize(batch["action"])
-        To = self.n_obs_steps
 
         cond = None
         trajectory = action
         if self.obs_as_cond:
-            cond = obs[:, :To]
+            cond = obs[:, : self.n_obs_steps]
             if self.pred_action_steps_only:
-                trajectory = action[:, To - 1 : To - 1 + self.n_action_steps]
+                trajectory = self.action_window(action)
         else:
             trajectory = mx.concatenate([action, obs], axis=-1)
-
-        if self.pred_action_steps_only:
-            condition_mask = mx.zeros(trajectory.shape, mx.bool_)
-        else:
-            condition_mask = self.mask_generator(trajectory.shape)
-
-        return diffusion_loss(
-            self.model,
-            self.noise_scheduler,
-            trajectory,
-            condition_mask,
-            {"cond": cond},
-            noise=noise,
-            timesteps=timesteps,
-        )
+        return self.denoising_loss(trajectory, {"cond": cond}, noise=noise, timesteps=timesteps)

@@ -14,8 +14,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
-from diffusion_policy_mlx.policy.diffusion_common import NoiseScheduler
 from diffusion_policy_mlx.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class DiffusionUnetHybridImagePolicy(DiffusionUnetImagePolicy):
     def __init__(
         self,
         shape_meta: dict,
-        noise_scheduler: NoiseScheduler,
+        noise_scheduler: GenerativeProcess,
         horizon: int,
         n_action_steps: int,
         n_obs_steps: int,

@@ -6,21 +6,18 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.policy.base_image_policy import BaseImagePolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    NoiseScheduler,
     action_dim_from_shape_meta,
-    conditional_sample,
-    diffusion_loss,
     encode_obs_steps,
-    init_diffusion_policy,
     obs_inpainting_condition,
 )
+from diffusion_policy_mlx.policy.diffusion_policy_base import DiffusionPolicyBase
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
 
-class DiffusionUnetImagePolicy(BaseImagePolicy):
+class DiffusionUnetImagePolicy(DiffusionPolicyBase, BaseImagePolicy):
     """Denoises a (B, T, Da) action trajectory with a :class:`ConditionalUnet1D` conditioned on
     the features of an observation encoder (e.g. ``MultiImageObsEncoder``, output (B, Do)).
 
@@ -30,10 +27,12 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
     ``noise_scheduler.step``.
     """
 
+    model_kwarg_names = ("local_cond", "global_cond")
+
     def __init__(
         self,
         shape_meta: dict,
-        noise_scheduler: NoiseScheduler,
+        noise_scheduler: GenerativeProcess,
         obs_encoder: nn.Module,
         horizon: int,
         n_action_steps: int,
@@ -47,18 +46,15 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
         cond_predict_scale: bool = True,
         **kwargs: Any,
     ):
-        super().__init__()
         action_dim = action_dim_from_shape_meta(shape_meta, type(self).__name__)
         obs_feature_dim = obs_encoder.output_shape()[0]
-
         if obs_as_global_cond:
             input_dim = action_dim
             global_cond_dim = obs_feature_dim * n_obs_steps
         else:
             input_dim = action_dim + obs_feature_dim
             global_cond_dim = None
-        self.obs_encoder = obs_encoder
-        self.model = ConditionalUnet1D(
+        model = ConditionalUnet1D(
             input_dim=input_dim,
             local_cond_dim=None,
             global_cond_dim=global_cond_dim,
@@ -68,8 +64,8 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
             n_groups=n_groups,
             cond_predict_scale=cond_predict_scale,
         )
-        init_diffusion_policy(
-            self,
+        super().__init__(
+            model,
             noise_scheduler,
             horizon=horizon,
             action_dim=action_dim,
@@ -78,33 +74,10 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
             mask_obs_dim=0 if obs_as_global_cond else obs_feature_dim,
             num_inference_steps=num_inference_steps,
             kwargs=kwargs,
+            obs_encoder=obs_encoder,
         )
         self.obs_feature_dim = obs_feature_dim
         self.obs_as_global_cond = obs_as_global_cond
-
-    # ========= inference ============
-    def conditional_sample(
-        self,
-        condition_data: mx.array,
-        condition_mask: mx.array,
-        local_cond: mx.array | None = None,
-        global_cond: mx.array | None = None,
-        key: mx.array | None = None,
-        **kwargs: Any,
-    ) -> mx.array:
-        """Reverse diffusion from noise to a (B, T, D) trajectory that keeps ``condition_data``
-        where ``condition_mask`` is set. ``kwargs`` go to ``noise_scheduler.step``."""
-        return conditional_sample(
-            self.model,
-            self.noise_scheduler,
-            self.num_inference_steps,
-            condition_data,
-            condition_mask,
-            {"local_cond": local_cond, "global_cond": global_cond},
-            key=key,
-            step_cache=self.step_cache if self.compile_sampling else None,
-            **kwargs,
-        )
 
     def predict_action(
         self, obs_dict: dict[str, mx.array], key: mx.array | None = None
@@ -114,12 +87,10 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
         if "past_action" in obs_dict:
             raise NotImplementedError("past_action conditioning is not implemented (as upstream)")
         nobs = self.normalizer.normalize(obs_dict)
-        To = self.n_obs_steps
-        T = self.horizon
-        Da = self.action_dim
+        T, Da = self.horizon, self.action_dim
 
         # The encoder runs once per call, outside the denoising loop.
-        nobs_features = encode_obs_steps(self.obs_encoder, nobs, To)
+        nobs_features = encode_obs_steps(self.obs_encoder, nobs, self.n_obs_steps)
         B = nobs_features.shape[0]
         global_cond = None
         if self.obs_as_global_cond:
@@ -128,19 +99,7 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
             cond_mask = mx.zeros((B, T, Da), mx.bool_)
         else:
             cond_data, cond_mask = obs_inpainting_condition(nobs_features, T, Da)
-
-        nsample = self.conditional_sample(
-            cond_data, cond_mask, global_cond=global_cond, key=key, **self.kwargs
-        )
-
-        action_pred = self.normalizer["action"].unnormalize(nsample[..., :Da])
-        start = To - 1
-        action = action_pred[:, start : start + self.n_action_steps]
-        return {"action": action, "action_pred": action_pred}
-
-    # ========= training ============
-    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
-        self.normalizer.load_state_dict(normalizer.state_dict())
+        return self.sample_actions(cond_data, cond_mask, {"global_cond": global_cond}, key)[1]
 
     def compute_loss(
         self,
@@ -167,13 +126,8 @@ class DiffusionUnetImagePolicy(BaseImagePolicy):
             # As upstream: the target holds no gradient, but the inpainted features do, so the
             # encoder learns through the conditioned entries.
             trajectory = mx.stop_gradient(cond_data)
-
-        condition_mask = self.mask_generator(trajectory.shape)
-        return diffusion_loss(
-            self.model,
-            self.noise_scheduler,
+        return self.denoising_loss(
             trajectory,
-            condition_mask,
             {"global_cond": global_cond},
             condition_data=cond_data,
             noise=noise,

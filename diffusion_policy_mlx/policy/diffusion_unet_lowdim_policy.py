@@ -4,19 +4,17 @@ from typing import Any
 
 import mlx.core as mx
 
-from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.policy.base_lowdim_policy import BaseLowdimPolicy
 from diffusion_policy_mlx.policy.diffusion_common import (
-    NoiseScheduler,
-    conditional_sample,
-    diffusion_loss,
-    init_diffusion_policy,
+    normalized_lowdim_obs,
     obs_inpainting_condition,
 )
+from diffusion_policy_mlx.policy.diffusion_policy_base import DiffusionPolicyBase
+from diffusion_policy_mlx.schedulers.generative_process import GenerativeProcess
 
 
-class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
+class DiffusionUnetLowdimPolicy(DiffusionPolicyBase, BaseLowdimPolicy):
     """Denoises a (B, T, Da) action trajectory (or (B, T, Da + Do) action+obs when the
     observations are inpainted) with a :class:`ConditionalUnet1D`.
 
@@ -25,13 +23,16 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
     ``obs_as_local_cond`` (obs (B, T, Do), zero after ``n_obs_steps``), or neither, in which case
     the trajectory holds the obs too and its first ``n_obs_steps`` obs entries are inpainted.
     ``pred_action_steps_only`` (global cond only) denoises just the ``n_action_steps`` executed
-    actions. Extra ``kwargs`` go to ``noise_scheduler.step``.
+    actions; ``oa_step_convention`` makes them start at step ``n_obs_steps - 1`` instead of
+    ``n_obs_steps``. Extra ``kwargs`` go to ``noise_scheduler.step``.
     """
+
+    model_kwarg_names = ("local_cond", "global_cond")
 
     def __init__(
         self,
         model: ConditionalUnet1D,
-        noise_scheduler: NoiseScheduler,
+        noise_scheduler: GenerativeProcess,
         horizon: int,
         obs_dim: int,
         action_dim: int,
@@ -44,7 +45,6 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         oa_step_convention: bool = False,
         **kwargs: Any,
     ):
-        super().__init__()
         if obs_as_local_cond and obs_as_global_cond:
             raise ValueError(
                 "DiffusionUnetLowdimPolicy: obs_as_local_cond and obs_as_global_cond are both "
@@ -55,10 +55,9 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
                 "DiffusionUnetLowdimPolicy: pred_action_steps_only=True needs "
                 "obs_as_global_cond=True"
             )
-        self.model = model
         obs_as_cond = obs_as_local_cond or obs_as_global_cond
-        init_diffusion_policy(
-            self,
+        super().__init__(
+            model,
             noise_scheduler,
             horizon=horizon,
             action_dim=action_dim,
@@ -74,33 +73,9 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         self.pred_action_steps_only = pred_action_steps_only
         self.oa_step_convention = oa_step_convention
 
-    # ========= inference ============
-    def conditional_sample(
-        self,
-        condition_data: mx.array,
-        condition_mask: mx.array,
-        local_cond: mx.array | None = None,
-        global_cond: mx.array | None = None,
-        key: mx.array | None = None,
-        **kwargs: Any,
-    ) -> mx.array:
-        """Reverse diffusion from noise to a (B, T, D) trajectory that keeps ``condition_data``
-        where ``condition_mask`` is set. ``kwargs`` go to ``noise_scheduler.step``."""
-        return conditional_sample(
-            self.model,
-            self.noise_scheduler,
-            self.num_inference_steps,
-            condition_data,
-            condition_mask,
-            {"local_cond": local_cond, "global_cond": global_cond},
-            key=key,
-            step_cache=self.step_cache if self.compile_sampling else None,
-            **kwargs,
-        )
-
-    def _action_slice(self) -> slice:
-        start = self.n_obs_steps - 1 if self.oa_step_convention else self.n_obs_steps
-        return slice(start, start + self.n_action_steps)
+    @property
+    def action_start(self) -> int:
+        return self.n_obs_steps - 1 if self.oa_step_convention else self.n_obs_steps
 
     def predict_action(
         self, obs_dict: dict[str, mx.array], key: mx.array | None = None
@@ -108,21 +83,9 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         """``obs_dict["obs"]``: (B, To', Do) with To' >= n_obs_steps. Returns ``action`` (B, Ta, Da)
         and ``action_pred`` (B, T, Da), plus ``obs_pred`` (B, T, Do) and ``action_obs_pred``
         (B, Ta, Do) when the observations are inpainted."""
-        if "obs" not in obs_dict:
-            raise KeyError(
-                f"DiffusionUnetLowdimPolicy.predict_action needs obs_dict['obs']; got keys {sorted(obs_dict)}"
-            )
-        if "past_action" in obs_dict:
-            raise NotImplementedError("past_action conditioning is not implemented (as upstream)")
-        nobs = self.normalizer["obs"].normalize(obs_dict["obs"])
+        nobs = normalized_lowdim_obs(self, self.obs_dim, obs_dict)
         B, _, Do = nobs.shape
-        if Do != self.obs_dim:
-            raise ValueError(
-                f"obs_dict['obs'] has {Do} features per step; the policy was built with obs_dim={self.obs_dim}"
-            )
-        To = self.n_obs_steps
-        T = self.horizon
-        Da = self.action_dim
+        To, T, Da = self.n_obs_steps, self.horizon, self.action_dim
         dtype = nobs.dtype
 
         local_cond = None
@@ -140,31 +103,12 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         else:
             cond_data, cond_mask = obs_inpainting_condition(nobs[:, :To], T, Da)
 
-        nsample = self.conditional_sample(
-            cond_data,
-            cond_mask,
-            local_cond=local_cond,
-            global_cond=global_cond,
-            key=key,
-            **self.kwargs,
+        nsample, result = self.sample_actions(
+            cond_data, cond_mask, {"local_cond": local_cond, "global_cond": global_cond}, key
         )
-
-        action_pred = self.normalizer["action"].unnormalize(nsample[..., :Da])
-        action_slice = self._action_slice()
-        if self.pred_action_steps_only:
-            action = action_pred
-        else:
-            action = action_pred[:, action_slice]
-        result = {"action": action, "action_pred": action_pred}
         if not (self.obs_as_local_cond or self.obs_as_global_cond):
-            obs_pred = self.normalizer["obs"].unnormalize(nsample[..., Da:])
-            result["action_obs_pred"] = obs_pred[:, action_slice]
-            result["obs_pred"] = obs_pred
+            self.add_obs_prediction(nsample, result)
         return result
-
-    # ========= training ============
-    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
-        self.normalizer.load_state_dict(normalizer.state_dict())
 
     def compute_loss(
         self,
@@ -188,20 +132,11 @@ class DiffusionUnetLowdimPolicy(BaseLowdimPolicy):
         elif self.obs_as_global_cond:
             global_cond = obs[:, :To].reshape(obs.shape[0], -1)
             if self.pred_action_steps_only:
-                trajectory = action[:, self._action_slice()]
+                trajectory = self.action_window(action)
         else:
             trajectory = mx.concatenate([action, obs], axis=-1)
-
-        if self.pred_action_steps_only:
-            condition_mask = mx.zeros(trajectory.shape, mx.bool_)
-        else:
-            condition_mask = self.mask_generator(trajectory.shape)
-
-        return diffusion_loss(
-            self.model,
-            self.noise_scheduler,
+        return self.denoising_loss(
             trajectory,
-            condition_mask,
             {"local_cond": local_cond, "global_cond": global_cond},
             noise=noise,
             timesteps=timesteps,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from diffusion_policy_mlx.common.distributed import sharded_draw
 from diffusion_policy_mlx.schedulers.scheduling_utils import (
     BaseScheduler,
     SchedulerOutput,
@@ -155,10 +154,6 @@ class DDIMScheduler(BaseScheduler):
         prev_sample = prev_sample + direction
         if eta > 0:
             if variance_noise is None:
-                # per sample: a batch split over CPU streams draws the whole batch's noise
-                variance_noise = sharded_draw(
-                    lambda shape: mx.random.normal(shape, dtype=sample.dtype, key=key),
-                    sample.shape,
-                )
+                variance_noise = mx.random.normal(sample.shape, dtype=sample.dtype, key=key)
             prev_sample = prev_sample + std_dev_t * variance_noise
         return SchedulerOutput(prev_sample, pred_original_sample)

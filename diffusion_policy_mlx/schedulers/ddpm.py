@@ -17,7 +17,6 @@ from typing import Literal
 import mlx.core as mx
 import numpy as np
 
-from diffusion_policy_mlx.common.distributed import sharded_draw
 from diffusion_policy_mlx.schedulers.scheduling_utils import (
     BaseScheduler,
     SchedulerOutput,
@@ -160,10 +159,7 @@ class DDPMScheduler(BaseScheduler):
         prev_sample = x0_coeff * pred_original_sample + xt_coeff * sample
 
         if variance_noise is None:
-            # per sample: a batch split over CPU streams draws the whole batch's noise
-            variance_noise = sharded_draw(
-                lambda shape: mx.random.normal(shape, dtype=sample.dtype, key=key), sample.shape
-            )
+            variance_noise = mx.random.normal(sample.shape, dtype=sample.dtype, key=key)
         # step_std is 0 at t = 0, which is how "no noise at the last step" stays branch-free.
         prev_sample = prev_sample + gather(self.step_std, timestep, ndim) * variance_noise
         return SchedulerOutput(prev_sample, pred_original_sample)

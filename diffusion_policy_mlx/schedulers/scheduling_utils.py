@@ -138,6 +138,41 @@ class BaseScheduler:
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
+    # ------------------------------------------------------------------------------------------
+    # The generative-process interface (generative_process.GenerativeProcess)
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def default_inference_steps(self) -> int:
+        """Upstream samples with every training timestep unless told otherwise."""
+        return self.config.num_train_timesteps
+
+    def sample_train_times(self, shape: tuple[int, ...], key: mx.array | None = None) -> mx.array:
+        """Integer timesteps uniform in ``[0, num_train_timesteps)``."""
+        return mx.random.randint(0, self.config.num_train_timesteps, shape, key=key)
+
+    def make_train_input(self, x0: mx.array, noise: mx.array, t: mx.array) -> mx.array:
+        """The forward process at ``t``: :meth:`add_noise`."""
+        return self.add_noise(x0, noise, t)
+
+    def target(self, x0: mx.array, noise: mx.array, t: mx.array) -> mx.array:
+        """The noise for ``epsilon`` prediction, the clean sample for ``sample``; upstream's
+        policies train no other."""
+        prediction_type = self.config.prediction_type
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "sample":
+            return x0
+        raise ValueError(
+            f"noise_scheduler.prediction_type={prediction_type!r} is not supported by the "
+            "diffusion policies; use 'epsilon' or 'sample'"
+        )
+
+    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
+        """``set_timesteps(num_inference_steps)``, then those timesteps as Python ints."""
+        self.set_timesteps(num_inference_steps)
+        return np.asarray(self.timesteps).tolist()
+
     def add_noise(
         self, original_samples: mx.array, noise: mx.array, timesteps: Timestep
     ) -> mx.array:

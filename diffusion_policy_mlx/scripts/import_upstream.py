@@ -15,10 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-import diffusion_policy_mlx  # noqa: F401  (before mlx.core: loads the fast BLAS)
+import diffusion_policy_mlx.accel  # noqa: F401  (before mlx.core: loads the fast BLAS)
+
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError
-from diffusion_policy_mlx.common.upstream_checkpoint import import_upstream_checkpoint
 from diffusion_policy_mlx.config_compat import ConfigError
+from diffusion_policy_mlx.workspace.upstream_checkpoint import import_upstream_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_policy_mlx import config_trust
-from diffusion_policy_mlx.common import checkpoint_util, cpu_streams, distributed
+from diffusion_policy_mlx.common import checkpoint_util, distributed
+from diffusion_policy_mlx.common.batch_split import BatchSplit, batch_rows
 from diffusion_policy_mlx.common.checkpoint_util import (
     Checkpoint,
     CheckpointMismatchError,
@@ -41,7 +42,7 @@ from diffusion_policy_mlx.common.distributed import Shard
 from diffusion_policy_mlx.common.json_logger import JsonLogger
 from diffusion_policy_mlx.common.run_lock import run_lock
 from diffusion_policy_mlx.common.wandb_run import WandbRun, init_wandb
-from diffusion_policy_mlx.config_compat import set_device, translate_config
+from diffusion_policy_mlx.config_compat import translate_config
 from diffusion_policy_mlx.dataset.base_dataset import BaseImageDataset, BaseLowdimDataset
 from diffusion_policy_mlx.dataset.loader import DataLoader
 from diffusion_policy_mlx.env_runner.base_image_runner import BaseImageRunner
@@ -96,6 +97,8 @@ class TrainStep:
     With a ``group`` of data-parallel processes each call gets this rank's :class:`Shard` of the
     global batch: per-sample random draws are those of the global batch, gradients are
     averaged over ranks weighted by shard size, and the returned loss is the global batch's.
+    ``split`` lays each batch's work out (the policy's ``batch_split``: whole, or over accel's
+    CPU streams, with the same loss and gradients).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class TrainStep:
         gradient_accumulate_every: int,
         ema: EMAModel | None = None,
         group: mx.distributed.Group | None = None,
+        split: BatchSplit | None = None,
     ):
         if gradient_accumulate_every < 1:
             raise ValueError(
@@ -114,6 +118,7 @@ class TrainStep:
         self.optimizer = optimizer
         self.ema = ema
         self.group = group
+        self.split = BatchSplit() if split is None else split
         self.accumulate = gradient_accumulate_every
         self.pending: dict | None = None
         self.n_pending = 0
@@ -130,7 +135,7 @@ class TrainStep:
                 return
             new = dict(tree_flatten(model.parameters()))
             averaged = dict(tree_flatten(ema.averaged_model.parameters()))
-            spread = cpu_streams.ParameterSpread()
+            spread = self.split.spread()
             blended = []
             for k, v in new.items():
                 with spread.on(v):
@@ -139,11 +144,11 @@ class TrainStep:
             ema.averaged_model.update(tree_unflatten(blended))
 
         def optimizer_update(grads: dict) -> None:
-            with cpu_streams.ParameterSpread().optimizer_updates(optimizer):
+            with self.split.spread().optimizer_updates(optimizer):
                 optimizer.update(model, grads)
 
-        # (loss, grads) of the batch, or of this rank's shard, split over the CPU's streams
-        shard_loss_and_grad = partial(cpu_streams.chunked_mean, loss_and_grad)
+        # (loss, grads) of the batch, or of this rank's shard, split as the policy lays it out
+        shard_loss_and_grad = partial(self.split.chunked_mean, loss_and_grad)
 
         # The shard's three ints are compile-time constants: a new shard shape retraces.
         def fused(batch: dict, decay: mx.array, *shard_ints: int) -> mx.array:
@@ -189,11 +194,10 @@ class TrainStep:
         """Train on ``batch`` (this rank's ``shard`` of the global batch when data-parallel);
         returns the (lazy) loss and whether the optimizer stepped.
 
-        On the CPU the batch's rows are split over :mod:`~diffusion_policy_mlx.common.cpu_streams`
-        (one chunk per core by default), with the same loss and gradients."""
+        The batch's rows may be split (``split``), with the same loss and gradients."""
         if (shard is None) != (self.group is None):
             raise ValueError("TrainStep: pass a shard exactly when training data-parallel")
-        cpu_streams.use_blas_threads(cpu_streams.batch_rows(batch))
+        self.split.use_blas_threads(batch_rows(batch))
         shard_ints = () if shard is None else (shard.offset, shard.size, shard.global_size)
         if self.accumulate == 1:
             return self.fused(batch, self._next_decay(), *shard_ints), True
@@ -254,9 +258,6 @@ class BaseWorkspace:
         np.random.seed(seed)
         random.seed(seed)
         mx.random.seed(seed)
-        set_device(self.cfg.training.device)
-        # optional: upstream configs have no such key
-        cpu_streams.set_cpu_streams(self.cfg.training.get("cpu_streams"))
 
         self.model: Policy = hydra.utils.instantiate(self.cfg.policy)
         _require_type(self.model, self.policy_type, "policy")
@@ -267,6 +268,12 @@ class BaseWorkspace:
             # Partial first: instantiate would turn the module (a dict) into a config node.
             self.ema = hydra.utils.instantiate(self.cfg.ema, _partial_=True)(model=self.ema_model)
         self.optimizer: optim.Optimizer = self.build_optimizer()
+
+    def accelerate(self, apply: Callable[[Policy], Policy]) -> None:
+        """Put the fast paths into the policy and its EMA copy alike (``accel.apply``)."""
+        self.model = apply(self.model)
+        if self.ema_model is not None:
+            self.ema_model = apply(self.ema_model)
 
     def build_optimizer(self) -> optim.Optimizer:
         """``cfg.optimizer`` instantiated; upstream passes the parameters, MLX needs none."""
@@ -396,17 +403,11 @@ class BaseWorkspace:
 
     def sample_action_mse(self, policy: Policy, batch: Mapping[str, Any]) -> mx.array:
         """Mean squared error of the policy's sampled actions on a training batch."""
-        gt_action = batch["action"]
         if isinstance(policy, BaseLowdimPolicy):
             result = policy.predict_action({"obs": batch["obs"]})
         else:
             result = policy.predict_action(dict(batch["obs"]))
-        if self.cfg.get("pred_action_steps_only", False):
-            start = self.cfg.n_obs_steps - 1
-            pred_action = result["action"]
-            gt_action = gt_action[:, start : start + self.cfg.n_action_steps]
-        else:
-            pred_action = result["action_pred"]
+        pred_action, gt_action = policy.action_error_pair(result, batch["action"])
         return mx.mean(mx.square(pred_action - gt_action))
 
     # ----------------------------------------------------------------------------------------
@@ -499,9 +500,10 @@ class BaseWorkspace:
         training = cfg.training
 
         self.policy_train_mode()
-        train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema, group)
+        split = self.model.batch_split
+        train_step = TrainStep(self.model, self.optimizer, accumulate, self.ema, group, split)
         val_loss_fn = mx.compile(
-            partial(cpu_streams.chunked_mean, self.model.compute_loss),
+            partial(split.chunked_mean, self.model.compute_loss),
             inputs=[self.model.state, mx.random.state],
             outputs=[mx.random.state],
         )
@@ -703,7 +705,7 @@ class BaseWorkspace:
             mininterval=training.tqdm_interval_sec,
         ) as tepoch:
             for batch_idx, batch in enumerate(tepoch):
-                cpu_streams.use_blas_threads(cpu_streams.batch_rows(batch))
+                self.model.batch_split.use_blas_threads(batch_rows(batch))
                 loss = loss_fn(batch)
                 mx.eval(loss)
                 losses.append(loss.item())

@@ -22,12 +22,12 @@ from diffusion_policy_mlx.common.torch_pickle import (
     UnsafePickleError,
     load_torch_file,
 )
-from diffusion_policy_mlx.common.upstream_checkpoint import (
+from diffusion_policy_mlx.config_compat import ConfigError
+from diffusion_policy_mlx.workspace.upstream_checkpoint import (
     UpstreamCheckpointError,
     import_upstream_checkpoint,
     read_upstream_checkpoint,
 )
-from diffusion_policy_mlx.config_compat import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream_checkpoints"
 

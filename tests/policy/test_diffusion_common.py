@@ -2,6 +2,9 @@
 
 import copy
 
+from diffusion_policy_mlx.accel.cpu_streams import CpuStreams
+from diffusion_policy_mlx.accel.low_precision import SamplingWeights
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -15,8 +18,7 @@ from policy_reference import (
     reference_sample,
 )
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.policy.diffusion_common import (
     CompiledStepCache,
@@ -51,16 +53,14 @@ def inpainting_problem(seed: int = 0):
 
 
 @pytest.fixture(params=[1, 3], ids=["one_stream", "three_streams"])
-def n_streams(request):
+def split(request):
     """On the CPU, sample on one stream or with each of the B=3 rows on its own."""
-    cpu_streams.set_cpu_streams(request.param)
-    yield request.param
-    cpu_streams.set_cpu_streams(None)
+    return CpuStreams(request.param)
 
 
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("num_inference_steps", [100, 10])
-def test_conditional_sample_matches_upstream_loop(compiled, num_inference_steps, n_streams):
+def test_conditional_sample_matches_upstream_loop(compiled, num_inference_steps, split):
     cond_data, cond_mask, global_cond = inpainting_problem()
     model, scheduler, key = AffineDenoiser(), ddpm(), mx.random.key(7)
     expected = reference_sample(
@@ -81,6 +81,7 @@ def test_conditional_sample_matches_upstream_loop(compiled, num_inference_steps,
         {"global_cond": mx.array(global_cond), "local_cond": None},
         key=key,
         step_cache=CompiledStepCache() if compiled else None,
+        batch_split=split,
     )
     np.testing.assert_allclose(np.array(got), expected, atol=1e-5, rtol=1e-5)
     # Inpainted entries are the condition data, bit for bit.
@@ -107,7 +108,7 @@ def test_ddim_sampling_is_deterministic_given_the_initial_noise():
     np.testing.assert_allclose(np.array(got), x, atol=1e-5)
 
 
-def test_compiled_step_follows_weight_updates_without_retracing():
+def test_compiled_step_follows_weight_updates_without_retracing(split):
     cond_data, cond_mask, global_cond = inpainting_problem(2)
     model, scheduler, cache = AffineDenoiser(), ddpm(), CompiledStepCache()
     args = (mx.array(cond_data), mx.array(cond_mask), {"global_cond": mx.array(global_cond)})
@@ -115,7 +116,13 @@ def test_compiled_step_follows_weight_updates_without_retracing():
     def sample(step_cache):
         return np.array(
             conditional_sample(
-                model, scheduler, 10, *args, key=mx.random.key(0), step_cache=step_cache
+                model,
+                scheduler,
+                10,
+                *args,
+                key=mx.random.key(0),
+                step_cache=step_cache,
+                batch_split=split,
             )
         )
 
@@ -126,7 +133,7 @@ def test_compiled_step_follows_weight_updates_without_retracing():
     assert model.calls == traces, "a weight update must not retrace the compiled step"
     np.testing.assert_allclose(compiled, sample(None), atol=1e-6)
     # one entry per CPU stream's chunk of the rows (one when they are not split)
-    assert len(cache.entries) == max(1, len(cpu_streams.batch_chunks(B)))
+    assert len(cache.entries) == max(1, len(split.chunks(B)))
 
 
 def test_step_cache_keys_and_deepcopy():
@@ -303,15 +310,15 @@ def test_grouped_adamw_applies_each_groups_weight_decay():
     [("float16", 1, "cpu_kernels", 2e-2), ("bfloat16", B, "amx", 5e-2)],
 )
 def test_low_precision_weights_sample_near_float32_and_follow_weight_updates(
-    monkeypatch, request, dtype, batch, fixture, tolerance
+    request, cpu_config, dtype, batch, fixture, tolerance
 ):
-    """DP_MLX_CPU_WEIGHTS=float16 or bfloat16: the compiled loop multiplies low-precision
+    """accel.cpu_weights=float16 or bfloat16: the compiled loop multiplies low-precision
     copies of the U-Net's convolution weights (results near, not equal to, float32's),
     refreshed after an update."""
-    request.getfixturevalue(fixture)
-    monkeypatch.setattr(cpu_streams, "_count", 1)
+    kernels = request.getfixturevalue(fixture)
     mx.random.seed(0)
     model = ConditionalUnet1D(D, global_cond_dim=5, down_dims=[16, 32], kernel_size=3, n_groups=4)
+    model = accel.swap_layers(model, cpu_config(kernels))
     model.eval()
     cond_data, cond_mask, global_cond = inpainting_problem(4)
     args = (
@@ -320,21 +327,24 @@ def test_low_precision_weights_sample_near_float32_and_follow_weight_updates(
         {"global_cond": mx.array(global_cond[:batch])},
     )
 
-    def sample(cache):
+    def sample(cache, weights=None):
         return np.array(
-            conditional_sample(model, ddpm(), 10, *args, key=mx.random.key(1), step_cache=cache)
+            conditional_sample(
+                model, ddpm(), 10, *args, key=mx.random.key(1), step_cache=cache, weights=weights
+            )
         )
 
     with mx.stream(mx.cpu):
         full = sample(CompiledStepCache())
-        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, dtype)
+        weights = SamplingWeights(getattr(mx, dtype))
         cache = CompiledStepCache()
-        low = sample(cache)
-        assert cache.weights.dtype == getattr(mx, dtype) and len(cache.weights.arrays) > 0
+        low = sample(cache, weights)
+        assert len(weights.arrays) > 0
         assert 0 < np.abs(low - full).max() < tolerance
+        # the eager loop reads the model's own float32 weights
+        np.testing.assert_allclose(sample(None, weights), full, atol=1e-5)
         model.update(tree_map(lambda p: p * 1.5, model.parameters()))
-        updated = sample(cache)
-        monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
+        updated = sample(cache, weights)
         updated_full = sample(CompiledStepCache())
     assert np.abs(updated - low).max() > 0.1
     assert np.abs(updated - updated_full).max() < tolerance

@@ -16,7 +16,7 @@ from policy_reference import (
     unnormalize_np,
 )
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
 from diffusion_policy_mlx.policy.diffusion_transformer_hybrid_image_policy import (

@@ -8,7 +8,7 @@ import pytest
 from mlx.utils import tree_flatten
 from policy_reference import fit_normalizer, normalize_np, reference_sample, unnormalize_np
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.diffusion.conditional_unet1d import ConditionalUnet1D
 from diffusion_policy_mlx.model.vision.robomimic_obs_encoder import RobomimicObsEncoder
 from diffusion_policy_mlx.policy.diffusion_unet_hybrid_image_policy import (

@@ -17,7 +17,7 @@ from policy_reference import (
     unnormalize_np,
 )
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.vision.multi_image_obs_encoder import MultiImageObsEncoder
 from diffusion_policy_mlx.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
 from diffusion_policy_mlx.schedulers import DDPMScheduler

@@ -1,7 +1,10 @@
 import copy
 import logging
 import sys
+from functools import partial
 from pathlib import Path
+
+from diffusion_policy_mlx.accel.cpu_streams import CpuStreams
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,11 +16,12 @@ from mlx.optimizers import SGD
 from mlx.utils import tree_flatten
 from omegaconf import OmegaConf, open_dict
 
-from diffusion_policy_mlx.common import cpu_streams
+from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, CheckpointMismatchError
 from diffusion_policy_mlx.config_compat import AdamW, ConfigError
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
+from diffusion_policy_mlx.workspace import base_workspace
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep
 from diffusion_policy_mlx.workspace.train_diffusion_unet_lowdim_workspace import (
     TrainDiffusionUnetLowdimWorkspace,
@@ -84,23 +88,17 @@ def test_train_step_split_over_cpu_streams_equals_the_whole_batch(n_streams):
     model, reference = Regression(), Regression()
     reference.update(model.parameters())
     batches = _batches(3)
-    try:
-        # the split is decided when a step is traced, so each TrainStep runs under its own
-        cpu_streams.set_cpu_streams(n_streams)
-        split = TrainStep(model, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
-        losses = []
-        for batch in batches:
-            loss, _ = split(batch)
-            mx.eval(loss, split.state)
-            losses.append(loss.item())
-        cpu_streams.set_cpu_streams(1)
-        whole = TrainStep(reference, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
-        for batch, split_loss in zip(batches, losses, strict=True):
-            loss, _ = whole(batch)
-            mx.eval(loss, whole.state)
-            assert split_loss == pytest.approx(loss.item(), rel=1e-6)
-    finally:
-        cpu_streams.set_cpu_streams(None)
+    split = TrainStep(model, AdamW(lr=0.01, weight_decay=0.1), 1, split=CpuStreams(n_streams))
+    losses = []
+    for batch in batches:
+        loss, _ = split(batch)
+        mx.eval(loss, split.state)
+        losses.append(loss.item())
+    whole = TrainStep(reference, AdamW(lr=0.01, weight_decay=0.1), gradient_accumulate_every=1)
+    for batch, split_loss in zip(batches, losses, strict=True):
+        loss, _ = whole(batch)
+        mx.eval(loss, whole.state)
+        assert split_loss == pytest.approx(loss.item(), rel=1e-6)
     for (k, a), (_, b) in zip(
         tree_flatten(model.parameters()), tree_flatten(reference.parameters()), strict=True
     ):
@@ -212,33 +210,32 @@ def _flat(module):
     return {k: np.array(v) for k, v in tree_flatten(module.parameters())}
 
 
-def test_policy_train_steps_split_over_cpu_streams_follow_the_whole_batch(tmp_path):
+def test_policy_train_steps_split_over_cpu_streams_follow_the_whole_batch(tmp_path, cpu_config):
     """The diffusion loss's noise and timesteps are drawn per sample: two streams' chunks draw
     the whole batch's rows, so the split U-Net policy trains like the unsplit one."""
     losses, params = {}, {}
-    try:
-        for n in (2, 1):
-            mx.random.seed(0)
-            workspace = TrainDiffusionUnetLowdimWorkspace(
-                _cfg(overrides=[f"training.cpu_streams={n}"]), output_dir=tmp_path / str(n)
-            )
-            workspace.model.set_normalizer(_fitted_normalizer())
-            rng = np.random.default_rng(2)
-            batch = {
-                "obs": mx.array(rng.normal(size=(5, 16, 20)), mx.float32),
-                "action": mx.array(rng.normal(size=(5, 16, 2)), mx.float32),
-            }
-            # SGD: parameter changes are the gradients (AdamW would blow float noise in
-            # near-zero gradients up to full-size steps)
-            step = TrainStep(workspace.model, SGD(learning_rate=0.1), 1)
-            losses[n] = []
-            for _ in range(3):
-                loss, _ = step(batch)
-                mx.eval(loss, step.state)
-                losses[n].append(loss.item())
-            params[n] = _flat(workspace.model)
-    finally:
-        cpu_streams.set_cpu_streams(None)
+    for n in (2, 1):
+        mx.random.seed(0)
+        workspace = TrainDiffusionUnetLowdimWorkspace(_cfg(), output_dir=tmp_path / str(n))
+        workspace.accelerate(partial(accel.apply, config=cpu_config(cpu_streams=n)))
+        assert workspace.model.batch_split.count == n
+        workspace.model.set_normalizer(_fitted_normalizer())
+        rng = np.random.default_rng(2)
+        batch = {
+            "obs": mx.array(rng.normal(size=(5, 16, 20)), mx.float32),
+            "action": mx.array(rng.normal(size=(5, 16, 2)), mx.float32),
+        }
+        # SGD: parameter changes are the gradients (AdamW would blow float noise in
+        # near-zero gradients up to full-size steps)
+        step = TrainStep(
+            workspace.model, SGD(learning_rate=0.1), 1, split=workspace.model.batch_split
+        )
+        losses[n] = []
+        for _ in range(3):
+            loss, _ = step(batch)
+            mx.eval(loss, step.state)
+            losses[n].append(loss.item())
+        params[n] = _flat(workspace.model)
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
     assert len(set(losses[1])) == 3  # fresh noise every step
     for k, v in params[1].items():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-import diffusion_policy_mlx  # noqa: F401  (loads the fast BLAS before anything imports mlx)
 from diffusion_policy_mlx.common.replay_buffer import ReplayBuffer
 from diffusion_policy_mlx.env.pusht.pusht_expert import PushTExpert
 from diffusion_policy_mlx.env.pusht.pusht_keypoints_env import PushTKeypointsEnv

@@ -17,6 +17,7 @@ import mlx.nn as nn
 import numpy as np
 import zarr
 
+from diffusion_policy_mlx.common.fitted_module import FittedModule
 from diffusion_policy_mlx.common.pytree import dict_apply
 
 ArrayLike = mx.array | np.ndarray
@@ -158,7 +159,7 @@ def _flatten_field(params: Mapping[str, Any], prefix: str) -> dict[str, np.ndarr
     return out
 
 
-class LinearNormalizer(nn.Module):
+class LinearNormalizer(FittedModule):
     """Named fields, each normalized as ``x * scale + offset`` over its trailing features.
 
     ``params_dict`` maps a field name (``'obs'``, ``'action'``, ...) to

@@ -14,7 +14,6 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Conv1dBlock,
     Downsample1d,
     Upsample1d,
-    conv1d,
 )
 from diffusion_policy_mlx.model.diffusion.positional_embedding import SinusoidalPosEmb
 
@@ -91,10 +90,7 @@ class ConditionalResidualBlock1D(nn.Module):
         else:
             scale, bias = None, embed
         out = self.blocks[0](x, scale=scale, shift=bias)
-        residual = (
-            x if isinstance(self.residual_conv, nn.Identity) else conv1d(self.residual_conv, x)
-        )
-        return self.blocks[1](out, residual=residual)
+        return self.blocks[1](out, residual=self.residual_conv(x))
 
 
 class ConditionalUnet1D(nn.Module):
@@ -283,7 +279,7 @@ class ConditionalUnet1D(nn.Module):
             x = upsample(x)
 
         block, head = self.final_conv
-        return conv1d(head, block(x))
+        return head(block(x))
 
     def _check_inputs(
         self, sample: mx.array, local_cond: mx.array | None, global_cond: mx.array | None

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm, group_norm
-from diffusion_policy_mlx.model.vision.strided_conv import Conv2d
+from diffusion_policy_mlx.model.common.normalization import GroupNorm
 
 
 def norm_relu(norm: nn.Module, x: mx.array) -> mx.array:
-    """``relu(norm(x))``; a GroupNorm (``replace_bn_with_gn``) applies both in one CPU kernel."""
-    if isinstance(norm, nn.GroupNorm):
-        return group_norm(x, norm, activation="relu")
+    """``relu(norm(x))``; a GroupNorm (``replace_bn_with_gn``) applies the ReLU itself, so that
+    an accelerated norm fuses the two."""
+    if isinstance(norm, GroupNorm):
+        return norm(x, activation="relu")
     return nn.relu(norm(x))
 
 
@@ -31,11 +31,11 @@ def conv_init(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return conv_init(Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False))
+    return conv_init(nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False))
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return conv_init(Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
+    return conv_init(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
 
 
 def apply_sequence(layers: Sequence, x: mx.array) -> mx.array:
@@ -53,31 +53,10 @@ class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that ``copy.deepcopy`` accepts (upstream deep-copies rgb models and EMA
     copies policies). The base class keeps ``mx.max``, a C++ function deepcopy cannot pickle; the
     pool holds no state, so a shallow copy is already independent.
-
-    On the CPU the pool is the running maximum of its kernel's strided slices: the base class
-    reduces over overlapping ``as_strided`` windows, whose gradient MLX's CPU backend scatters
-    slowly (0.85 s of the stem's backward at the hybrid policy's batch). The two agree wherever
-    a window's maximum is unique; ties, which after a ReLU sit at zero where no gradient flows
-    back anyway, may pass the gradient to several entries instead of one.
     """
 
     def __deepcopy__(self, memo: dict) -> "MaxPool2d":
         return copy.copy(self)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if mx.default_device() != mx.cpu:
-            return super().__call__(x)
-        (kh, kw), (sh, sw) = self._kernel_size, self._stride
-        (ph, _), (pw, _) = self._padding
-        x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)], constant_values=self._padding_value)
-        out_h = (x.shape[1] - kh) // sh + 1
-        out_w = (x.shape[2] - kw) // sw + 1
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                window = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
-                y = window if y is None else mx.maximum(y, window)
-        return y
 
 
 class BasicBlock(nn.Module):
@@ -158,7 +137,7 @@ class ResNet(nn.Module):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={list(layers)}")
-        self.conv1 = conv_init(Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
+        self.conv1 = conv_init(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
         self.bn1 = nn.BatchNorm(64)
         self.maxpool = MaxPool2d(3, stride=2, padding=1)
         inplanes = 64

@@ -10,7 +10,7 @@ import zarr
 from mlx.utils import tree_flatten
 from safetensors.numpy import load_file
 
-from diffusion_policy_mlx.common.normalize_util import get_image_range_normalizer
+from diffusion_policy_mlx.model.common.normalize_util import get_image_range_normalizer
 from diffusion_policy_mlx.model.common.normalizer import (
     LinearNormalizer,
     SingleFieldLinearNormalizer,

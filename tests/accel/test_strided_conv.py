@@ -1,11 +1,14 @@
-"""The CPU input gradient of strided convolutions against MLX's own, and a hand-derived case."""
+"""The CPU input gradient of strided convolutions against MLX's own, a hand-derived case, and
+the convolutions accel swaps it into."""
+
+from diffusion_policy_mlx.accel.strided_conv import CpuStridedConv2d, strided_conv2d_input_grad
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.model.vision.strided_conv import Conv2d, strided_conv2d_input_grad
+from diffusion_policy_mlx import accel
 
 
 def _value_and_grads(layer: nn.Module, x: mx.array):
@@ -27,9 +30,9 @@ def _value_and_grads(layer: nn.Module, x: mx.array):
 )
 def test_values_and_gradients_match_mx_conv2d(height, width, kernel, stride, padding):
     mx.random.seed(0)
-    ours = Conv2d(3, 5, kernel, stride=stride, padding=padding)
     reference = nn.Conv2d(3, 5, kernel, stride=stride, padding=padding)
-    reference.update(ours.parameters())
+    ours = CpuStridedConv2d(3, 5, kernel, stride=stride, padding=padding)
+    ours.update(reference.parameters())
     x = mx.random.normal((2, height, width, 3))
     (value, (g_params, g_x)) = _value_and_grads(ours, x)
     (ref_value, (r_params, r_x)) = _value_and_grads(reference, x)
@@ -48,9 +51,9 @@ def test_input_grad_hand_derived():
     np.testing.assert_allclose(np.array(dx).ravel(), [2, 3, 20, 30])
 
 
-def test_stride_one_is_the_plain_layer():
-    layer = Conv2d(2, 4, 3, padding=1)
-    reference = nn.Conv2d(2, 4, 3, padding=1)
-    reference.update(layer.parameters())
-    x = mx.random.normal((1, 5, 5, 2))
-    np.testing.assert_array_equal(np.array(layer(x)), np.array(reference(x)))
+def test_only_strided_convolutions_are_swapped_on_the_cpu(cpu_config):
+    config = cpu_config()
+    assert isinstance(accel.swap_layers(nn.Conv2d(2, 4, 3, stride=2), config), CpuStridedConv2d)
+    assert type(accel.swap_layers(nn.Conv2d(2, 4, 3, padding=1), config)) is nn.Conv2d
+    on_gpu = cpu_config(device=mx.Device(mx.gpu))
+    assert type(accel.swap_layers(nn.Conv2d(2, 4, 3, stride=2), on_gpu)) is nn.Conv2d

@@ -4,17 +4,16 @@ weight layout, and where the U-Net's layers take it."""
 import re
 from types import SimpleNamespace
 
+from diffusion_policy_mlx.accel import amx_conv1d, extension, settings
+from diffusion_policy_mlx.accel.low_precision import SamplingWeights
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.model.common import amx_conv1d, few_row_matmul
-from diffusion_policy_mlx.model.diffusion.conv1d_components import (
-    Downsample1d,
-    Upsample1d,
-    conv1d,
-)
+from diffusion_policy_mlx import accel
+from diffusion_policy_mlx.model.diffusion.conv1d_components import Downsample1d, Upsample1d
 
 RNG = np.random.default_rng(0)
 
@@ -133,18 +132,17 @@ def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, kernel, dtype, 
         )
 
 
-def _patch_extension(monkeypatch, extension, **changes) -> None:
-    """The loaded extension as few_row_matmul sees it, with ``changes`` to its attributes."""
-    monkeypatch.setattr(
-        few_row_matmul, "_kernels", SimpleNamespace(**{**vars(extension), **changes})
-    )
+def _with(extension_module, **changes) -> SimpleNamespace:
+    """The loaded extension with ``changes`` to its attributes."""
+    return SimpleNamespace(**{**vars(extension_module), **changes})
 
 
-def _bfloat16_weights(monkeypatch, model: nn.Module) -> few_row_matmul.InferenceWeights:
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "bfloat16")
-    weights = few_row_matmul.InferenceWeights()
-    weights.refresh(model)
-    return weights
+def _bfloat16_layer(layer: nn.Module, kernels, cpu_config) -> tuple[nn.Module, SamplingWeights]:
+    """``layer`` with the CPU layers swapped in and its bfloat16 sampling weights refreshed."""
+    layer = accel.swap_layers(layer, cpu_config(kernels))
+    weights = SamplingWeights(mx.bfloat16)
+    weights.refresh(layer)
+    return layer, weights
 
 
 @pytest.mark.parametrize(
@@ -157,29 +155,25 @@ def _bfloat16_weights(monkeypatch, model: nn.Module) -> few_row_matmul.Inference
     ],
     ids=["conv", "conv1x1", "downsample", "upsample"],
 )
-def test_layers_take_the_kernel_in_eval_mode_past_the_few_rows(monkeypatch, layer, x_shape, amx):
+def test_layers_take_the_kernel_in_eval_mode_past_the_few_rows(layer, x_shape, cpu_config, amx):
     calls = []
 
     def spy(x, w, bias, **kwargs):
         calls.append(x.shape)
         return amx.amx_conv1d(x, w, bias, **kwargs)
 
-    def apply(x):
-        return conv1d(layer, x) if isinstance(layer, nn.Conv1d) else layer(x)
-
     x = mx.array(_randn(*x_shape))
     few = x[:1, :2]  # 2 rows: the few-row path
     with mx.stream(mx.cpu):
-        want, want_few = apply(x), apply(few)
+        want, want_few = layer(x), layer(few)
         layer.eval()
-        weights = _bfloat16_weights(monkeypatch, layer)
-        assert weights.dtype == mx.bfloat16 and weights.arrays
-        _patch_extension(monkeypatch, amx, amx_conv1d=spy)
-        with few_row_matmul.using(weights):
-            got = apply(x)
-            got_few = apply(few)
-            layer.train()  # training keeps float32
-            trained = apply(x)
+        fast, weights = _bfloat16_layer(layer, _with(amx, amx_conv1d=spy), cpu_config)
+        assert weights.arrays
+        with weights.active():
+            got = fast(x)
+            got_few = fast(few)
+            fast.train()  # training keeps float32
+            trained = fast(x)
     assert calls == [x_shape]
     # bfloat16 rounding of both operands: about 2^-8 relative per product
     scale = np.abs(np.array(want)).max()
@@ -188,48 +182,32 @@ def test_layers_take_the_kernel_in_eval_mode_past_the_few_rows(monkeypatch, laye
     np.testing.assert_allclose(np.array(trained), np.array(want), rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_weights_stay_float32_without_amx(monkeypatch, amx):
-    conv = nn.Conv1d(8, 8, 3, padding=1)
-    _patch_extension(monkeypatch, amx, amx=False)
-    weights = _bfloat16_weights(monkeypatch, conv)
-    assert weights.dtype == mx.float32 and not weights.arrays
-    with few_row_matmul.using(weights):
-        assert few_row_matmul.packed_weight_for(conv.eval(), 64) is None
-
-
-def test_packed_weights_follow_their_modules(monkeypatch, amx):
-    conv = nn.Conv1d(8, 16, 3, padding=1)
-    weights = _bfloat16_weights(monkeypatch, conv)
-    first = weights.arrays[str(id(conv))]
+def test_packed_weights_follow_their_layers(cpu_config, amx):
+    conv, weights = _bfloat16_layer(nn.Conv1d(8, 16, 3, padding=1), amx, cpu_config)
+    first = weights.arrays[""]
     weights.refresh(conv)
-    assert weights.arrays[str(id(conv))] is first  # unchanged weight: no repacking
+    assert weights.arrays[""] is first  # unchanged weight: no repacking
     conv.weight = conv.weight * 2
     weights.refresh(conv)
     np.testing.assert_array_equal(
-        np.array(weights.arrays[str(id(conv))].astype(mx.float32)),
+        np.array(weights.arrays[""].astype(mx.float32)),
         np.array(amx_conv1d.pack_weight(conv.weight).astype(mx.float32)),
     )
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
-    weights.refresh(conv)  # another dtype replaces the packs with copies
-    assert weights.dtype == mx.float16 and weights.arrays[str(id(conv))].shape == (16, 3, 8)
 
 
-def test_amx_status_says_whether_the_kernel_runs(monkeypatch, amx):
-    assert amx_conv1d.amx_status() == "yes"
-    _patch_extension(monkeypatch, amx, amx=False)
-    assert amx_conv1d.amx_status().startswith("no: this CPU or OS has no AMX")
-    monkeypatch.setattr(few_row_matmul, "ENABLED", False)
-    assert amx_conv1d.amx_status().startswith("no: the extension is not in use")
+def test_amx_status_says_whether_the_kernel_runs(amx):
+    assert extension.amx_status(amx, "") == "yes"
+    assert extension.amx_status(_with(amx, amx=False), "").startswith(
+        "no: this CPU or OS has no AMX"
+    )
+    assert extension.amx_status(None, "off").startswith("no: the extension is not in use (off)")
 
 
-def test_bfloat16_without_amx_says_so_once(monkeypatch, caplog, amx):
-    conv = nn.Conv1d(8, 8, 3, padding=1)
-    _patch_extension(monkeypatch, amx, amx=False)
-    monkeypatch.setattr(few_row_matmul, "_warned", set())
-    with caplog.at_level("WARNING", logger=few_row_matmul.__name__):
-        _bfloat16_weights(monkeypatch, conv)
-        _bfloat16_weights(monkeypatch, conv)
+def test_bfloat16_without_amx_stays_float32_and_says_so(caplog, amx):
+    with caplog.at_level("WARNING", logger=settings.__name__):
+        dtype = settings.usable_weights("bfloat16", True, _with(amx, amx=False), "")
+    assert dtype == mx.float32
     assert [r.getMessage() for r in caplog.records] == [
-        "DP_MLX_CPU_WEIGHTS=bfloat16 has no effect, sampling stays float32: this CPU or OS has "
+        "accel.cpu_weights=bfloat16 has no effect, sampling stays float32: this CPU or OS has "
         "no AMX with bfloat16 (Sapphire Rapids or later)"
     ]

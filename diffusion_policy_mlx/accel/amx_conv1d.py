@@ -9,35 +9,21 @@ from the input and multiplies them with weights packed once into tiles (:func:`p
 accumulating in float32 and adding the bias.
 
 Rounding activations and weights to bfloat16 (8 significant bits) changes a product by about
-0.2-0.3 % relative, so this path is opt-in: ``DP_MLX_CPU_WEIGHTS=bfloat16`` (see
-:func:`~diffusion_policy_mlx.model.common.few_row_matmul.weight_dtype`) for sampling on a CPU
-that has AMX (:func:`available`). Training never uses it.
+0.2-0.3 % relative, so this path is opt-in: ``accel.cpu_weights: bfloat16`` (or
+``DP_MLX_CPU_WEIGHTS=bfloat16``) for sampling on a CPU that has AMX (:func:`~diffusion_policy_mlx.accel.extension.amx_status`).
+Training never uses it.
 """
 
 from __future__ import annotations
 
-import mlx.core as mx
+from types import ModuleType
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx.accel.cpu_streams import cores_per_stream
+
+import mlx.core as mx
 
 TILE_ROWS = 16  # bfloat16 pairs of the reduction per weight tile
 TILE_COLS = 32  # channels (two tiles) per panel, reduction entries per tile row
-
-
-def available() -> bool:
-    """Whether the extension is usable and this CPU and OS run its AMX kernel."""
-    kernels = few_row_matmul.kernels()
-    return kernels is not None and kernels.amx
-
-
-def amx_status() -> str:
-    """Whether the AMX kernel runs in this process, and why not."""
-    if few_row_matmul.kernels() is None:
-        return f"no: the extension is not in use ({few_row_matmul.kernel_status()})"
-    if not available():
-        return "no: this CPU or OS has no AMX with bfloat16 (Sapphire Rapids or later)"
-    return "yes"
 
 
 def pack_weight(weight: mx.array) -> mx.array:
@@ -61,18 +47,24 @@ def pack_weight(weight: mx.array) -> mx.array:
 
 
 def amx_conv1d(
-    x: mx.array, packed: mx.array, bias: mx.array, kernel: int, stride: int = 1, padding: int = 0
+    x: mx.array,
+    packed: mx.array,
+    bias: mx.array,
+    kernel: int,
+    kernels: ModuleType,
+    stride: int = 1,
+    padding: int = 0,
 ) -> mx.array:
     """``mx.conv1d(x, w, stride, padding) + bias`` in bfloat16 with float32 accumulation:
     x (B, T, C_in) float32, ``packed = pack_weight(w)`` for w (C_out, K, C_in), bias (C_out,)
-    float32 -> (B, T_out, C_out) float32; on as many threads as the CPU streams leave this
-    one."""
-    return few_row_matmul.kernels().amx_conv1d(
+    float32 -> (B, T_out, C_out) float32, through ``kernels`` (the extension); on as many
+    threads as the CPU streams leave this one."""
+    return kernels.amx_conv1d(
         x,
         packed,
         bias,
         kernel=kernel,
         stride=stride,
         padding=padding,
-        threads=cpu_streams.cores_per_stream(),
+        threads=cores_per_stream(),
     )

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from diffusion_policy_mlx.cuda_defaults import (
+from diffusion_policy_mlx.accel.cuda_defaults import (
     GRAPHS_VAR,
     PTX_CACHE_VAR,
     apply_cuda_defaults,
@@ -39,9 +39,10 @@ def test_cache_dir_without_xdg(monkeypatch, tmp_path):
     assert default_ptx_cache_dir({}) == tmp_path / ".cache" / "diffusion_policy_mlx" / "ptx"
 
 
-def test_importing_the_package_applies_them_only_on_cuda(tmp_path):
+def test_configure_applies_them_only_on_cuda(tmp_path):
     code = (
-        "import os, diffusion_policy_mlx, mlx.core as mx; "
+        "import os; from diffusion_policy_mlx import accel; import mlx.core as mx; "
+        "accel.configure(); "
         f"print(mx.cuda.is_available(), os.environ.get('{GRAPHS_VAR}'), "
         f"os.environ.get('{PTX_CACHE_VAR}'))"
     )
@@ -55,3 +56,20 @@ def test_importing_the_package_applies_them_only_on_cuda(tmp_path):
     else:
         assert (graphs, cache) == ("None", "None")
         assert not (tmp_path / "cache").exists()
+
+
+def test_importing_the_package_sets_no_variable(tmp_path):
+    code = (
+        "import os; before = dict(os.environ); "
+        "import diffusion_policy_mlx, diffusion_policy_mlx.accel, mlx.core; "
+        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
+    )
+    env = {"PATH": "", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

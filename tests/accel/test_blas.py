@@ -13,15 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from diffusion_policy_mlx.accel import blas
 
-from diffusion_policy_mlx import blas
+import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux-only fast path")
 
 PROBE = """
 import ctypes, json
-import diffusion_policy_mlx as d
+from diffusion_policy_mlx.accel import blas as d
 import mlx.core as mx
 import numpy as np
 
@@ -162,7 +162,7 @@ def test_off_switch_keeps_the_bundled_blas():
 def test_bad_explicit_library_names_the_variable():
     env = {**os.environ, "DP_MLX_BLAS": "/nonexistent/libfoo.so"}
     proc = subprocess.run(
-        [sys.executable, "-c", "import diffusion_policy_mlx"],
+        [sys.executable, "-c", "import diffusion_policy_mlx.accel"],
         env=env,
         capture_output=True,
         text=True,
@@ -173,7 +173,7 @@ def test_bad_explicit_library_names_the_variable():
 
 def test_module_command_reports_without_warnings():
     proc = subprocess.run(
-        [sys.executable, "-m", "diffusion_policy_mlx.blas"],
+        [sys.executable, "-m", "diffusion_policy_mlx.accel"],
         capture_output=True,
         text=True,
         check=True,
@@ -184,7 +184,8 @@ def test_module_command_reports_without_warnings():
 
 def test_thread_count_is_settable_on_the_loaded_blas():
     code = (
-        "from diffusion_policy_mlx import blas\nprint(blas.set_num_threads(1), blas.num_threads())"
+        "from diffusion_policy_mlx.accel import blas\n"
+        "print(blas.set_num_threads(1), blas.num_threads())"
     )
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code],

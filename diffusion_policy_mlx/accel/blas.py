@@ -6,7 +6,8 @@ and matmuls go through ``cblas_sgemm``, and Python loads extension modules with 
 symbol is bound when ``mlx.core`` is imported. Loading an optimized BLAS with ``RTLD_GLOBAL`` *before*
 that import puts its ``cblas_sgemm`` first in the global lookup scope, and MLX binds to it.
 
-``diffusion_policy_mlx/__init__.py`` calls :func:`load_fast_blas` before anything imports MLX.
+``diffusion_policy_mlx/accel/__init__.py`` calls :func:`load_fast_blas` when the package is
+imported, before anything imports MLX.
 
 Where the BLAS comes from, first found wins:
 
@@ -55,11 +56,6 @@ _CANDIDATES = (
     "libblis.so.4",
     "libblis.so",
 )
-
-# `python -m diffusion_policy_mlx.blas` runs this file a second time, as __main__, after the
-# package import has loaded it. runpy warns about that for a plain module; for one with a
-# __path__ it does not, and the __main__ block below reads the package's instance on purpose.
-__path__: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -199,8 +195,8 @@ def load_fast_blas() -> BlasInfo:
     elif "mlx.core" in sys.modules:
         _info = BlasInfo(
             None,
-            "mlx.core was imported before diffusion_policy_mlx, too late to load a fast BLAS; "
-            "import diffusion_policy_mlx first",
+            "mlx.core was imported before diffusion_policy_mlx.accel, too late to load a fast "
+            "BLAS; import diffusion_policy_mlx.accel first",
         )
     elif choice:
         _info = _load_explicit(choice)
@@ -212,7 +208,7 @@ def load_fast_blas() -> BlasInfo:
             "builds its shim) or install a system OpenBLAS for ~30x faster CPU training and "
             "inference"
             if "mlx.core" not in sys.modules
-            else "Import diffusion_policy_mlx before mlx"
+            else "Import diffusion_policy_mlx.accel before mlx"
         )
         warnings.warn(
             f"MLX runs its CPU matmuls and convolutions on the slow reference BLAS ({_info.reason}). "
@@ -224,7 +220,7 @@ def load_fast_blas() -> BlasInfo:
 
 
 def blas_info() -> BlasInfo:
-    """The BLAS decision made when the package was imported."""
+    """The BLAS decision made when ``diffusion_policy_mlx.accel`` was imported."""
     return load_fast_blas()
 
 
@@ -255,17 +251,3 @@ def set_num_threads(n: int) -> bool:
     if functions[1]() != n:
         functions[0](n)
     return True
-
-
-if __name__ == "__main__":
-    # `python -m` runs this file as a second module, after the package import loaded the BLAS
-    # through the first: ask that one what it decided.
-    from diffusion_policy_mlx.blas import blas_info as package_blas_info
-    from diffusion_policy_mlx.model.common.amx_conv1d import amx_status
-    from diffusion_policy_mlx.model.common.few_row_matmul import kernel_status
-
-    info = package_blas_info()
-    via = f", through {info.shim}" if info.shim else ""
-    print(f"BLAS: {info.library or 'MLX bundled (reference)'} ({info.reason}{via})")
-    print(f"few-row CPU kernel: {kernel_status()}")
-    print(f"bfloat16 AMX convolutions (DP_MLX_CPU_WEIGHTS=bfloat16): {amx_status()}")

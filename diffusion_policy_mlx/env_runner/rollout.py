@@ -1,7 +1,9 @@
-"""The rollout loop both PushT runners share: batches of seeded episodes on a vector env.
+"""The rollout every simulation runner shares: batches of seeded episodes on a vector env.
 
-Upstream copies this loop into each runner; here the runners only say how to build an env and
-how to turn its observations into a policy call.
+Upstream copies this loop into each runner; here a task's runner is an adapter that says how to
+build one env (:func:`recorded_env` around the task's gymnasium env) and how to turn the vector
+env's observations into a policy call (:meth:`RolloutRunner.policy_input`). Nothing here is
+specific to a task.
 """
 
 import math
@@ -17,7 +19,12 @@ import mlx.core as mx
 import numpy as np
 import tqdm
 
+from diffusion_policy_mlx.gym_util.multistep_wrapper import MultiStepWrapper
 from diffusion_policy_mlx.gym_util.vector_env import make_vector_env
+from diffusion_policy_mlx.gym_util.video_recording_wrapper import (
+    VideoRecorder,
+    VideoRecordingWrapper,
+)
 
 # act(obs, past_action) -> actions (B, Ta, Da); obs is the vector env's batched observation and
 # past_action the previous call's actions in this batch of episodes (None on the first call).
@@ -66,6 +73,31 @@ def past_action_input(past_action: np.ndarray, n_obs_steps: int) -> mx.array:
     """The ``(B, To - 1, Da)`` actions before the current step that a policy conditioned on past
     actions reads, from the env's ``(B, T, Da)`` history."""
     return mx.array(past_action[:, past_action.shape[1] - (n_obs_steps - 1) :].astype(np.float32))
+
+
+def recorded_env(
+    env: gym.Env,
+    *,
+    n_obs_steps: int,
+    n_action_steps: int,
+    max_steps: int,
+    fps: int,
+    crf: int,
+    steps_per_render: int = 1,
+) -> MultiStepWrapper:
+    """``env`` as a runner steps it: recording h264 videos (every ``steps_per_render``-th step,
+    when given a file path) and taking ``n_action_steps`` actions per call with the last
+    ``n_obs_steps`` observations stacked."""
+    return MultiStepWrapper(
+        VideoRecordingWrapper(
+            env,
+            video_recorder=VideoRecorder.create_h264(fps=fps, crf=crf),
+            steps_per_render=steps_per_render,
+        ),
+        n_obs_steps=n_obs_steps,
+        n_action_steps=n_action_steps,
+        max_episode_steps=max_steps,
+    )
 
 
 class VectorRollout:
@@ -179,3 +211,34 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, float | str]:
     for prefix, values in max_rewards.items():
         log[f"{prefix}mean_score"] = float(np.mean(values))
     return log
+
+
+class RolloutRunner:
+    """``run`` and ``close`` of a runner whose ``rollout`` is a :class:`VectorRollout`: a task's
+    runner mixes this in next to ``BaseLowdimRunner`` or ``BaseImageRunner``, builds
+    ``self.rollout`` and says what the policy sees (:meth:`policy_input`) and which of its
+    actions the envs execute (:meth:`env_action`)."""
+
+    rollout: VectorRollout
+
+    def policy_input(self, obs: Any, past_action: np.ndarray | None) -> dict[str, mx.array]:
+        """``predict_action``'s ``obs_dict`` for the vector env's batched observation ``obs``
+        (``past_action``: the previous call's actions in this batch of episodes, or None)."""
+        raise NotImplementedError
+
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        """The actions (B, Ta, Da) the envs execute, of the policy's (B, Ta', Da)."""
+        return action
+
+    def run(self, policy: Any) -> dict[str, float | str]:
+        """Roll ``policy`` out on every episode; returns upstream's log dict (videos as paths)."""
+
+        def act(obs: Any, past_action: np.ndarray | None) -> np.ndarray:
+            action = policy.predict_action(self.policy_input(obs, past_action))["action"]
+            return self.env_action(np.array(action))
+
+        return summarize(self.rollout.run(act, on_batch_start=policy.reset))
+
+    def close(self) -> None:
+        """Shut the envs (and their worker processes) down."""
+        self.rollout.close()

@@ -4,8 +4,8 @@ MLX's CPU backend computes the input gradient of a strided convolution as a tran
 convolution on a direct loop: 1.7-2.0 s for each stride-2 3x3 layer of ResNet-18 at the hybrid
 policy's batch (128 crops of 84x84), against 17-37 ms for the forward. The same gradient is a
 stride-1 convolution (MLX's fast GEMM path) of the output gradient with zeros interleaved
-between its rows and columns, against the flipped, transposed kernel; :class:`Conv2d` computes it
-that way on the CPU and leaves every other case to ``mx.conv2d``'s own gradient.
+between its rows and columns, against the flipped, transposed kernel. :class:`CpuStridedConv2d`,
+swapped in for strided ``nn.Conv2d`` layers on the CPU, computes it that way.
 """
 
 from functools import cache
@@ -71,18 +71,10 @@ def _strided_conv2d(stride: tuple[int, int], padding: tuple[int, int]):
     return conv
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters, names and forward) whose strided, undilated, ungrouped
-    convolutions on the CPU take their input gradient from :func:`strided_conv2d_input_grad`."""
+class CpuStridedConv2d(nn.Conv2d):
+    """A strided, undilated, ungrouped ``nn.Conv2d`` (same parameters, names and forward) that
+    takes its input gradient from :func:`strided_conv2d_input_grad`."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        fast_grad = (
-            max(self.stride) > 1
-            and self.dilation in (1, (1, 1))
-            and self.groups == 1
-            and mx.default_device() == mx.cpu
-        )
-        if not fast_grad:
-            return super().__call__(x)
         y = _strided_conv2d(tuple(self.stride), tuple(self.padding))(x, self.weight)
         return y + self.bias if "bias" in self else y

@@ -1,8 +1,8 @@
-"""pusht_rollout helpers shared by the runners (the rollouts themselves: the runner tests)."""
+"""rollout helpers shared by the runners (the rollouts themselves: the runner tests)."""
 
 import numpy as np
 
-from diffusion_policy_mlx.env_runner.pusht_rollout import past_action_input, plan_episodes
+from diffusion_policy_mlx.env_runner.rollout import past_action_input, plan_episodes
 
 
 def test_past_action_input_keeps_the_last_to_minus_one_actions():

@@ -1,5 +1,9 @@
 """The CPU GroupNorm kernel against float64 numpy (forward) and MLX's own GroupNorm under
-autodiff (gradients), and the rules that decide when it is used."""
+autodiff (gradients), and the norms accel swaps it into."""
+
+from types import SimpleNamespace
+
+from diffusion_policy_mlx.accel.group_norm import CpuGroupNorm
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -7,9 +11,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from diffusion_policy_mlx.model.common import group_norm
+from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.model.common.activation import mish
-from diffusion_policy_mlx.model.common.group_norm import GroupNorm
+from diffusion_policy_mlx.model.common.normalization import ACTIVATIONS, GroupNorm
 from diffusion_policy_mlx.model.vision.resnet import replace_bn_with_gn, resnet18
 
 RNG = np.random.default_rng(0)
@@ -52,7 +56,7 @@ def _mlx_reference(groups, activation):
     def f(x, w, b):
         norm = nn.GroupNorm(groups, x.shape[-1], pytorch_compatible=True)
         norm.weight, norm.bias = w, b
-        return group_norm.ACTIVATIONS[activation](norm(x))
+        return ACTIVATIONS[activation](norm(x))
 
     return f
 
@@ -139,32 +143,48 @@ def test_errors_name_the_input(cpu_kernels):
     with pytest.raises(ValueError, match=r"\(B, S, C\)"):
         cpu_kernels.group_norm(x[0], w, b, groups=4)
     with pytest.raises(ValueError, match="activation must be one of"):
-        group_norm.group_norm(x, GroupNorm(4, 12, pytorch_compatible=True), activation="tanh")
+        GroupNorm(4, 12, pytorch_compatible=True)(x, activation="tanh")
 
 
-def test_module_routes_to_the_kernel_and_agrees_with_mlx(monkeypatch, cpu_kernels):
+@pytest.mark.parametrize("activation", ["none", "mish", "relu"])
+def test_swapped_norm_routes_to_the_kernel_and_agrees_with_mlx(activation, cpu_config, cpu_kernels):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["activation"])
+        return cpu_kernels.group_norm(*args, **kwargs)
+
     norm = GroupNorm(4, 32, pytorch_compatible=True)
     norm.weight = mx.array(RNG.standard_normal(32).astype(np.float32))
     norm.bias = mx.array(RNG.standard_normal(32).astype(np.float32))
     x = mx.array(RNG.standard_normal((3, 5, 7, 32)).astype(np.float32))  # (B, H, W, C)
-    assert group_norm.uses_kernel(x, norm)
-    ours = norm(x)
-    monkeypatch.setattr(group_norm, "ENABLED", False)
-    assert not group_norm.uses_kernel(x, norm)
-    np.testing.assert_allclose(np.array(ours), np.array(norm(x)), rtol=1e-5, atol=2e-5)
+    fast = accel.swap_layers(norm, cpu_config(SimpleNamespace(group_norm=spy)))
+    assert isinstance(fast, CpuGroupNorm)
+    ours = fast(x, activation=activation)
+    assert calls == [activation]
+    want = norm(x, activation=activation)
+    np.testing.assert_allclose(np.array(ours), np.array(want), rtol=1e-5, atol=2e-5)
+    fast(x.astype(mx.float16))  # not float32: MLX's ops
+    assert len(calls) == 1
 
 
-def test_cases_that_keep_mlx_ops():
+def test_cases_that_keep_mlx_norms(cpu_config, cpu_kernels):
+    config = cpu_config(cpu_kernels)
+    for norm in (
+        GroupNorm(4, 32),  # MLX's own channel grouping
+        GroupNorm(4, 32, affine=False, pytorch_compatible=True),
+        nn.GroupNorm(4, 32, pytorch_compatible=True),  # not the model's norm
+    ):
+        assert type(accel.swap_layers(norm, config)) is type(norm)
+    # without the extension the model's norm stays plain
     norm = GroupNorm(4, 32, pytorch_compatible=True)
-    x = mx.zeros((2, 3, 32))
-    assert not group_norm.uses_kernel(x.astype(mx.float16), norm)
-    assert not group_norm.uses_kernel(x, GroupNorm(4, 32))  # MLX's own channel grouping
-    assert not group_norm.uses_kernel(x, GroupNorm(4, 32, affine=False, pytorch_compatible=True))
+    assert type(accel.swap_layers(norm, cpu_config(None))) is GroupNorm
 
 
-def test_resnet_norms_become_kernel_group_norms():
+def test_resnet_norms_become_kernel_group_norms(cpu_config, cpu_kernels):
     model = resnet18()
     replace_bn_with_gn(model)
-    assert isinstance(model.bn1, GroupNorm)
-    assert isinstance(model.layer1[0].bn2, GroupNorm)
+    accel.swap_layers(model, cpu_config(cpu_kernels))
+    assert isinstance(model.bn1, CpuGroupNorm)
+    assert isinstance(model.layer1[0].bn2, CpuGroupNorm)
     assert "weight" in model.layer1[0].bn2

@@ -6,13 +6,14 @@ GroupNorm (a layout copy, two reductions, the normalisation), the affine, the Mi
 FiLM modulation or the residual add of ``ConditionalResidualBlock1D`` take about six kernels;
 :func:`group_norm_mish` does all of it in one, with one thread block per (sample, group).
 
-The kernel runs only on MLX's CUDA backend and has no gradient, so ``Conv1dBlock`` uses it in
-eval mode on NVIDIA GPUs (every ``predict_action``) and keeps MLX's ops everywhere else.
+The kernel runs only on MLX's CUDA backend and has no gradient, so :class:`FusedConv1dBlock`
+(swapped in for ``Conv1dBlock`` on NVIDIA GPUs unless ``accel.fused_group_norm: false``) uses it
+in eval mode (every ``predict_action``) and keeps MLX's ops in training.
 """
 
-import os
-
 import mlx.core as mx
+
+from diffusion_policy_mlx.model.diffusion.conv1d_components import Conv1dBlock
 
 _THREADS = 256
 
@@ -96,14 +97,6 @@ def _kernel(has_scale: bool, has_shift: bool, has_residual: bool, eps: float) ->
     return _kernels[key]
 
 
-def fused_available() -> bool:
-    """Whether :func:`group_norm_mish` runs: MLX's CUDA backend, the GPU as default device and
-    ``DP_MLX_FUSED_GROUP_NORM`` not set to ``0`` (which keeps MLX's ops, e.g. to compare)."""
-    if os.environ.get("DP_MLX_FUSED_GROUP_NORM", "1") == "0":
-        return False
-    return mx.cuda.is_available() and mx.default_device() == mx.gpu
-
-
 def group_norm_mish(
     x: mx.array,
     weight: mx.array,
@@ -120,8 +113,7 @@ def group_norm_mish(
     over L (FiLM); ``residual`` (B, L, C). GroupNorm statistics are taken over L and the C /
     ``num_groups`` channels of each group (torch's ``GroupNorm`` on channels-first input).
 
-    Runs only where :func:`fused_available`, and has no gradient: ``Conv1dBlock`` calls it in
-    eval mode and otherwise computes the same with MLX's ``GroupNorm`` and :func:`mish`.
+    Runs only on MLX's CUDA backend, and has no gradient.
     """
     batch, length, channels = x.shape
     if channels % num_groups:
@@ -141,3 +133,22 @@ def group_norm_mish(
         output_shapes=[x.shape],
         output_dtypes=[x.dtype],
     )[0]
+
+
+class FusedConv1dBlock(Conv1dBlock):
+    """``Conv1dBlock`` whose norm, Mish, FiLM and residual run as :func:`group_norm_mish` in eval
+    mode: (B, T, C_in) -> (B, T, C_out)."""
+
+    def __call__(
+        self,
+        x: mx.array,
+        scale: mx.array | None = None,
+        shift: mx.array | None = None,
+        residual: mx.array | None = None,
+    ) -> mx.array:
+        if self.training:
+            return super().__call__(x, scale, shift, residual)
+        conv, norm, _ = self.block
+        return group_norm_mish(
+            conv(x), norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, residual
+        )

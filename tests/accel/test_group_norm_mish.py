@@ -2,15 +2,21 @@
 CUDA backend (run this file on an NVIDIA GPU); on other machines it is skipped, and
 ``Conv1dBlock``'s tests cover the ops path the kernel replaces."""
 
+from diffusion_policy_mlx.accel.group_norm_mish import FusedConv1dBlock, group_norm_mish
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
+from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.model.common.activation import mish
-from diffusion_policy_mlx.model.common.group_norm_mish import fused_available, group_norm_mish
+from diffusion_policy_mlx.model.diffusion.conv1d_components import Conv1dBlock
 
-pytestmark = pytest.mark.skipif(not fused_available(), reason="needs MLX's CUDA backend")
+pytestmark = pytest.mark.skipif(
+    not (mx.cuda.is_available() and mx.default_device() == mx.gpu),
+    reason="needs MLX's CUDA backend",
+)
 
 
 def reference(x, norm, scale=None, shift=None, residual=None):
@@ -48,3 +54,16 @@ def test_rejects_channels_that_do_not_split():
     x = mx.zeros((1, 4, 12))
     with pytest.raises(ValueError, match="12 channels do not split into 8"):
         group_norm_mish(x, mx.ones(12), mx.zeros(12), 8)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_swapped_block_runs_the_kernel_in_eval_mode(training, cpu_config):
+    rng = np.random.default_rng(1)
+    block = Conv1dBlock(3, 16, kernel_size=3, n_groups=8)
+    block.train(training)
+    x = mx.array(rng.standard_normal((2, 6, 3)).astype(np.float32))
+    scale, shift = (mx.array(rng.standard_normal((2, 16)).astype(np.float32)) for _ in "ab")
+    want = block(x, scale, shift)
+    fused = accel.swap_layers(block, cpu_config(device=mx.Device(mx.gpu), fused_group_norm=True))
+    assert isinstance(fused, FusedConv1dBlock)
+    np.testing.assert_allclose(np.array(fused(x, scale, shift)), np.array(want), atol=2e-5)

@@ -1,18 +1,22 @@
-"""The few-row CPU kernel against numpy's products, its gradients against MLX's, and the rules
-that decide when it is used."""
+"""The few-row CPU kernel against numpy's products, its gradients against MLX's, the rules that
+decide when it is used, and the float16 sampling weights it reads."""
 
+import copy
 import platform
 import re
 import sys
 from types import SimpleNamespace
+
+from diffusion_policy_mlx.accel import cpu_streams, extension, few_row_matmul
+from diffusion_policy_mlx.accel.cpu_streams import CpuStreams
+from diffusion_policy_mlx.accel.low_precision import SamplingWeights
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from diffusion_policy_mlx.common import cpu_streams
-from diffusion_policy_mlx.model.common import few_row_matmul
+from diffusion_policy_mlx import accel
 
 RNG = np.random.default_rng(0)
 
@@ -92,30 +96,24 @@ def test_kernel_refuses_what_it_cannot_compute(x_shape, w_shape, dtype, message,
         cpu_kernels.few_row_matmul(x, w)
 
 
-def test_matmul_wt_takes_the_kernel_for_few_rows_only(monkeypatch, cpu_kernels):
+def test_matmul_wt_takes_the_kernel_for_few_rows_only(cpu_kernels):
     calls = []
 
     def spy(x, w, threads):
         calls.append((x.shape, threads))
         return cpu_kernels.few_row_matmul(x, w, threads=threads)
 
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
-    layer = nn.Linear(8, 6)
-    layer.eval()
-    w = layer.weight
+    kernels = SimpleNamespace(few_row_matmul=spy)
+    w = mx.array(_randn(6, 8))
     few, many = mx.array(_randn(2, 8, 8)), mx.array(_randn(3, 6, 8))  # 16 and 18 rows
     with mx.stream(mx.cpu):
-        got_few = few_row_matmul.matmul_wt(few, w, layer)
-        got_many = few_row_matmul.matmul_wt(many, w, layer)
+        got_few = few_row_matmul.matmul_wt(few, w, kernels)
+        got_many = few_row_matmul.matmul_wt(many, w, kernels)
         assert calls == [((16, 8), cpu_streams.available_cores())]
         assert got_few.shape == (2, 8, 6)
         np.testing.assert_allclose(np.array(got_few), np.array(few @ w.T), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.array(got_many), np.array(many @ w.T), rtol=1e-6)
-        layer.train()  # training keeps MLX's product
-        few_row_matmul.matmul_wt(few, w, layer)
-        layer.eval()
-        monkeypatch.setattr(few_row_matmul, "ENABLED", False)
-        few_row_matmul.matmul_wt(few, w, layer)
+        few_row_matmul.matmul_wt(few, w, None)  # no extension: MLX's product
     assert len(calls) == 1
 
 
@@ -127,18 +125,12 @@ def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch, cpu
         seen.append(threads)
         return cpu_kernels.few_row_matmul(x, w, threads=threads)
 
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_matmul=spy))
+    kernels = SimpleNamespace(few_row_matmul=spy)
     monkeypatch.setattr(cpu_streams, "available_cores", lambda: 4)
-    cpu_streams.set_cpu_streams(2)
-    try:
-        layer = nn.Linear(3, 5)
-        layer.eval()
-        w = layer.weight
-        x = mx.array(_randn(4, 2, 3))
-        with mx.stream(mx.cpu):
-            parts = cpu_streams.map_chunks(lambda rows: few_row_matmul.matmul_wt(rows, w, layer), x)
-    finally:
-        cpu_streams.set_cpu_streams(None)
+    w = mx.array(_randn(5, 3))
+    x = mx.array(_randn(4, 2, 3))
+    with mx.stream(mx.cpu):
+        parts = CpuStreams(2).map_chunks(lambda rows: few_row_matmul.matmul_wt(rows, w, kernels), x)
     assert seen == [2, 2]
     got = np.concatenate([np.array(part) for _, part in parts])
     np.testing.assert_allclose(got, np.array(x @ w.T), rtol=1e-5, atol=1e-5)
@@ -146,71 +138,60 @@ def test_matmul_wt_gives_each_cpu_stream_its_share_of_the_cores(monkeypatch, cpu
 
 def test_a_kernel_built_for_another_mlx_is_not_used(monkeypatch):
     stale = SimpleNamespace(mlx_version="0.0.1", isa="avx512")
-    monkeypatch.setattr(few_row_matmul.importlib, "import_module", lambda name: stale)
-    module, status = few_row_matmul._load()
+    monkeypatch.setattr(extension.importlib, "import_module", lambda name: stale)
+    module, status = extension.load.__wrapped__()
     assert module is None
     assert f"built against MLX 0.0.1 but MLX {mx.__version__} is installed" in status
     assert "pip install -e ." in status
 
 
-def test_the_environment_variable_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv(few_row_matmul.ENV_VAR, "off")
-    module, status = few_row_matmul._load()
-    assert module is None and status == f"disabled by {few_row_matmul.ENV_VAR}=off"
-
-
 class _Convs(nn.Module):
     def __init__(self):
         super().__init__()
-        self.layers = [nn.Conv1d(3, 4, 5, padding=2), nn.ConvTranspose1d(4, 4, 4, stride=2)]
+        self.layers = [
+            nn.Conv1d(3, 4, 5, padding=2),
+            nn.ConvTranspose1d(4, 4, 4, stride=2, padding=1),
+        ]
         self.head = nn.Linear(4, 2)
 
 
-def test_inference_weights_are_float16_copies_that_follow_their_modules(monkeypatch, cpu_kernels):
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
-    model, weights = _Convs(), few_row_matmul.InferenceWeights()
+def test_sampling_weights_are_float16_copies_that_follow_their_layers(cpu_config, cpu_kernels):
+    model = accel.swap_layers(_Convs(), cpu_config(cpu_kernels))
+    weights = SamplingWeights(mx.float16)
     weights.refresh(model)
-    convs = model.layers
-    assert set(weights.arrays) == {str(id(m)) for m in convs}  # not the Linear
-    for m in convs:
-        copy16 = weights.arrays[str(id(m))]
-        assert copy16.dtype == mx.float16
-        np.testing.assert_array_equal(np.array(copy16), np.array(m.weight.astype(mx.float16)))
-    kept = dict(weights.arrays)
-    arrays = weights.arrays
-    convs[0].weight = convs[0].weight * 2  # what an optimizer or EMA update does
-    weights.refresh(model)
-    assert weights.arrays is arrays, "updated in place: compiled steps hold this dict"
-    assert weights.arrays[str(id(convs[1]))] is kept[str(id(convs[1]))]
+    assert set(weights.arrays) == {"layers.0", "layers.1"}
+    assert [m.weights_key for m in model.layers] == ["layers.0", "layers.1"]
+    first = weights.arrays["layers.0"]
     np.testing.assert_array_equal(
-        np.array(weights.arrays[str(id(convs[0]))]), np.array(convs[0].weight.astype(mx.float16))
+        np.array(first), np.array(model.layers[0].weight.astype(mx.float16))
     )
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float32")
     weights.refresh(model)
-    assert weights.arrays == {}
+    assert weights.arrays["layers.0"] is first  # unchanged weight: no new copy
+    model.layers[0].weight = model.layers[0].weight * 2
+    weights.refresh(model)
+    np.testing.assert_array_equal(
+        np.array(weights.arrays["layers.0"]),
+        np.array(model.layers[0].weight.astype(mx.float16)),
+    )
+    assert weights.signature == ("mlx.core.float16", 2)
+    # a copied policy (the EMA) refreshes copies of its own layers
+    assert copy.deepcopy(weights).arrays == {}
 
 
-def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(monkeypatch, cpu_kernels):
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "float16")
-    model, weights = _Convs(), few_row_matmul.InferenceWeights()
+def test_weight_for_returns_the_copy_only_where_the_kernel_reads_it(cpu_config, cpu_kernels):
+    model = accel.swap_layers(_Convs(), cpu_config(cpu_kernels))
     model.eval()
+    weights = SamplingWeights(mx.float16)
     weights.refresh(model)
     conv = model.layers[0]
-    with mx.stream(mx.cpu):
-        assert few_row_matmul.weight_for(conv, 4) is conv.weight  # no copies in use
-        with few_row_matmul.using(weights):
-            assert few_row_matmul.weight_for(conv, 4).dtype == mx.float16
-            assert few_row_matmul.weight_for(conv, few_row_matmul.MAX_ROWS + 1) is conv.weight
-            conv.train()
-            assert few_row_matmul.weight_for(conv, 4) is conv.weight
-            conv.eval()
-        assert few_row_matmul.weight_for(conv, 4) is conv.weight
-
-
-def test_a_bad_weight_dtype_names_the_variable(monkeypatch):
-    monkeypatch.setenv(few_row_matmul.WEIGHTS_VAR, "int8")
-    with pytest.raises(ValueError, match="DP_MLX_CPU_WEIGHTS='int8': give one of"):
-        few_row_matmul.weight_dtype()
+    assert conv.weight_for(4) is conv.weight  # no copies in use
+    with weights.active():
+        assert conv.weight_for(4).dtype == mx.float16
+        assert conv.weight_for(few_row_matmul.MAX_ROWS + 1) is conv.weight
+        conv.train()
+        assert conv.weight_for(4) is conv.weight
+        conv.eval()
+    assert conv.weight_for(4) is conv.weight
 
 
 def _numpy_same_conv(x, w, bias):
@@ -278,23 +259,21 @@ def test_conv1d_kernel_refuses_what_it_cannot_compute(
         cpu_kernels.few_row_conv1d(mx.zeros(x_shape), mx.zeros(w_shape), mx.zeros(b_shape))
 
 
-def test_few_row_convolutions_take_the_conv_kernel_in_eval_mode_only(monkeypatch, cpu_kernels):
-    from diffusion_policy_mlx.model.diffusion.conv1d_components import conv1d
-
+def test_few_row_convolutions_take_the_conv_kernel_in_eval_mode_only(cpu_config, cpu_kernels):
     calls = []
 
     def spy(x, w, bias, threads):
         calls.append(x.shape)
         return cpu_kernels.few_row_conv1d(x, w, bias, threads=threads)
 
-    monkeypatch.setattr(few_row_matmul, "_kernels", SimpleNamespace(few_row_conv1d=spy))
     conv = nn.Conv1d(16, 8, 5, padding=2)
     x = mx.array(_randn(1, 4, 16))
     with mx.stream(mx.cpu):
         want = conv(x)
-        conv.eval()
-        got = conv1d(conv, x)
-        conv.train()  # training keeps MLX's products
-        conv1d(conv, x)
+        fast = accel.swap_layers(conv, cpu_config(SimpleNamespace(few_row_conv1d=spy)))
+        fast.eval()
+        got = fast(x)
+        fast.train()  # training keeps MLX's products
+        fast(x)
     assert calls == [(1, 4, 16)]
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 from safetensors.numpy import load_file
 
-from diffusion_policy_mlx.common.normalize_util import (
+from diffusion_policy_mlx.model.common.normalize_util import (
     array_to_stats,
     get_identity_normalizer_from_stat,
     get_image_range_normalizer,

@@ -16,12 +16,12 @@ from mlx.utils import tree_flatten
 from safetensors import safe_open
 
 from diffusion_policy_mlx.common.upstream import to_mlx_layout
-from diffusion_policy_mlx.common.upstream_checkpoint import (
+from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
+from diffusion_policy_mlx.workspace.upstream_checkpoint import (
     import_upstream_checkpoint,
     read_upstream_checkpoint,
     torch_parameter_order,
 )
-from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "upstream_checkpoints"
