@@ -420,6 +420,11 @@ def check_targets(cfg: DictConfig, shipped_tasks: Sequence[str] = ()) -> None:
         )
 
 
+# Modules named like a kind that hold what its members share, not a member a config names
+# (``dataset/sequence_dataset.py``: the base of the replay-buffer datasets).
+_SHARED_MODULES = frozenset({"sequence_dataset"})
+
+
 def _not_yet(target: str) -> str:
     """``not supported yet; supported: ...``: the modules of the same kind (``*_workspace``,
     ``*_dataset``, ...) in the deepest package of ``target`` that exists."""
@@ -441,7 +446,11 @@ def _not_yet(target: str) -> str:
         for m in pkgutil.iter_modules(package.submodule_search_locations)
         if not m.name.startswith("_")
     )
-    same_kind = [m for m in modules if m.endswith(f"_{kind}") and not m.startswith("base_")]
+    same_kind = [
+        m
+        for m in modules
+        if m.endswith(f"_{kind}") and not m.startswith("base_") and m not in _SHARED_MODULES
+    ]
     return f"not supported yet; supported: {', '.join(same_kind or modules)}"
 
 
