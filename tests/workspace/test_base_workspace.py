@@ -18,6 +18,7 @@ from diffusion_policy_mlx.common.checkpoint_util import CheckpointError, Checkpo
 from diffusion_policy_mlx.config_compat import AdamW, ConfigError
 from diffusion_policy_mlx.model.common.normalizer import LinearNormalizer
 from diffusion_policy_mlx.model.diffusion.ema_model import EMAModel
+from diffusion_policy_mlx.workspace import base_workspace
 from diffusion_policy_mlx.workspace.base_workspace import BaseWorkspace, TrainStep
 from diffusion_policy_mlx.workspace.train_diffusion_unet_lowdim_workspace import (
     TrainDiffusionUnetLowdimWorkspace,
@@ -390,7 +391,7 @@ def test_resume_checks_the_stored_config(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=f"  _target_: '{name}.run'"):
         workspace.run()
     assert name not in sys.modules and not marker.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", f"{name}.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", f"{name}.py", "run.lock"]
 
 
 def test_run_refuses_an_oversize_config_at_start(tmp_path):
