@@ -100,6 +100,9 @@ def _ask(url: str, timeout: float) -> str | None:
     except urllib.error.HTTPError as e:
         status = e.code  # an HTTP answer all the same
     except (OSError, http.client.HTTPException, ValueError) as e:
+        # urllib wraps a socket timeout in URLError; either way the host is silent
+        if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            return _silent(url, timeout)
         return f"cannot reach {url} ({_first_line(e)})"
     if status >= 500:
         return f"{url} answered HTTP {status}"
@@ -114,7 +117,11 @@ def unreachable(url: str, timeout: float) -> str | None:
     probe = threading.Thread(target=lambda: outcome.append(_ask(url, timeout)), daemon=True)
     probe.start()
     probe.join(timeout)
-    return outcome[0] if outcome else f"{url} did not answer within {timeout:g} s"
+    return outcome[0] if outcome else _silent(url, timeout)
+
+
+def _silent(url: str, timeout: float) -> str:
+    return f"{url} did not answer within {timeout:g} s"
 
 
 def _teardown() -> None:

@@ -387,7 +387,7 @@ def test_resume_checks_the_stored_config(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=f"  _target_: '{name}.run'"):
         workspace.run()
     assert name not in sys.modules and not marker.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", f"{name}.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", f"{name}.py", "run.lock"]
 
 
 def test_run_refuses_an_oversize_config_at_start(tmp_path):
