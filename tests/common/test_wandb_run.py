@@ -184,7 +184,12 @@ def test_the_probe_honours_wandb_base_url(online, tmp_path, monkeypatch):
 
 
 def test_the_probe_is_bounded_name_lookup_included(monkeypatch):
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(5))
+    def slow_lookup(*args, **kwargs):
+        # a resolver that hangs, then fails as a real one does (the probe thread outlives the test)
+        time.sleep(5)
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
     t0 = time.monotonic()
     assert unreachable("http://wandb.example", 0.3) == (
         "http://wandb.example did not answer within 0.3 s"
