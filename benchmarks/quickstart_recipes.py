@@ -36,6 +36,9 @@ from quickstart import CONFIG, EVAL, RECIPE, recipe_overrides  # noqa: E402
 # 0.16 s per step of 128, 0.11 s for the narrow one, 0.75 s for the wide one: bench_train_step.py).
 VARIANTS: dict[str, dict[str, str]] = {
     "base": {},
+    # how much the score moves with the seed alone
+    "seed43": {"training.seed": "43"},
+    "seed44": {"training.seed": "44"},
     "lr3e-4": {"optimizer.lr": "3.0e-4"},
     "lr3e-3": {"optimizer.lr": "3.0e-3"},
     "narrow": {
