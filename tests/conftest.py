@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DP_MLX_SHARED", REPO.parent / "shared"))
 FIXTURES = REPO / "tests" / "fixtures"
 
+# wandb reports its own errors and metrics to the server it talks to; in tests that is a stand-in
+# server gone by exit time, and every process would print its failed exports at exit.
+os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+
 # As an entry point does: MLX's default device, the default accel settings. Tests that build
 # policies directly run them plain unless they apply accel themselves.
 accel.configure()
