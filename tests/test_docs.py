@@ -236,7 +236,10 @@ def package_source() -> str:
 
 
 def module_has_main(name: str) -> bool:
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError as missing:  # a parent package is missing
+        pytest.fail(f"no module {name}: {missing}")
     assert spec is not None, f"no module {name}"
     if spec.submodule_search_locations is not None:
         return importlib.util.find_spec(f"{name}.__main__") is not None
@@ -511,3 +514,42 @@ def test_links_and_images_point_at_files(doc):
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
         if not re.match(r"^[a-z]+://", target):
             assert (doc.parent / target).exists(), f"{doc.name}: {target} does not exist"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("pyhton train.py --config-name=x", "not a known program"),
+        ("python train.py --config-name=train_diffusion_unet_lowdim_workspac", "no config"),
+        (
+            "python train.py --config-name=train_diffusion_unet_lowdim_workspace task=pusht",
+            "no task",
+        ),
+        (
+            "python train.py --config-name=train_diffusion_unet_lowdim_workspace training.num_epoch=3",
+            "Hydra cannot compose",
+        ),
+        (
+            "python train.py -m --config-name=train_diffusion_unet_lowdim_workspace "
+            "training.seed=1,2 hydra/launcher=joblb",
+            "Hydra cannot compose",
+        ),
+        (
+            "mlx.launch -n 2 --backend rng -- python train.py "
+            "--config-name=train_diffusion_unet_lowdim_workspace",
+            "no mlx.launch backend",
+        ),
+        ("python eval.py -c run/checkpoints/latest.ckpt -o out --overwrit", "no option --overwrit"),
+        ("python -m diffusion_policy_mlx.data downlaod pusht", "--help failed"),
+        ("python -m diffusion_policy_mlx.acel", "no module"),
+        ("python -m diffusion_policy_mlx.sripts.plot_training", "no module"),
+        ("pip install -e '.[cud]'", "no extra"),
+        ("pytest -m slw", "no marker"),
+        ("DP_MLX_CPU_STREAM=1 python eval.py -c run/checkpoints/latest.ckpt -o out", "DP_MLX_"),
+    ],
+)
+def test_a_typo_in_a_command_fails(line, message, upstream_config):
+    (command,) = _split(README, 1, line)
+    with pytest.raises((AssertionError, pytest.fail.Exception), match=message):
+        check_names(command, upstream_config)
+        check_runs(command, upstream_config)
