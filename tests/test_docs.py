@@ -142,9 +142,18 @@ def fenced_commands(doc: Path) -> list[Command]:
     return commands
 
 
+def prose(doc: Path) -> str:
+    """The doc with its fenced blocks blanked out (line numbers kept)."""
+
+    def blank(block: re.Match) -> str:
+        return "\n" * block.group().count("\n")
+
+    return re.sub(r"```.*?```", blank, doc.read_text(), flags=re.S)
+
+
 def inline_commands(doc: Path) -> list[Command]:
-    """Code spans of the prose (fenced blocks blanked out) that start like a command."""
-    text = re.sub(r"```.*?```", lambda m: "\n" * m.group().count("\n"), doc.read_text(), flags=re.S)
+    """Code spans of the prose that start like a command."""
+    text = prose(doc)
     commands = []
     for match in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text):
         span = " ".join(match.group(1).split())
@@ -509,11 +518,22 @@ def test_docs_are_not_dated(doc):
     assert not DATED.search(doc.read_text()), f"{doc.name}: {DATED.search(doc.read_text())}"
 
 
+def anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives the doc's headings: lower case, punctuation dropped, spaces to
+    hyphens."""
+    headings = re.findall(r"^#+ (.+)$", prose(doc), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
-def test_links_and_images_point_at_files(doc):
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
-        if not re.match(r"^[a-z]+://", target):
-            assert (doc.parent / target).exists(), f"{doc.name}: {target} does not exist"
+def test_links_and_images_point_at_files_and_headings(doc):
+    for path, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", doc.read_text()):
+        if re.match(r"^[a-z]+://", path):
+            continue
+        target = doc.parent / path if path else doc
+        assert target.exists(), f"{doc.name}: {path} does not exist"
+        if anchor:
+            assert anchor in anchors(target), f"{doc.name}: no heading #{anchor} in {target.name}"
 
 
 @pytest.mark.parametrize(
