@@ -63,6 +63,13 @@ PROGRAMS = (
 INLINE_STARTS = ("python ", "pip ", "pytest", "mlx.launch ", "git clone ")
 UPSTREAM_REPO = "https://github.com/real-stanford/diffusion_policy"
 MLX_LAUNCH = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or "mlx.launch"
+# Hydra launchers of the `launchers` extra: a command using one is composed only where it is
+# installed (another launcher name is composed, and fails, everywhere)
+LAUNCHER_PLUGINS = {
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+}
 # mlx.launch --backend values (mlx/_distributed_utils/launch.py); its help does not list them
 MLX_LAUNCH_BACKENDS = {"ring", "mpi", "nccl", "jaccl", "jaccl-ring"}
 # Hydra's flags that take a value, by their long names
@@ -376,6 +383,10 @@ def compose(command: Command, upstream_config: Upstream) -> list[DictConfig]:
         args.append(f"--config-dir={config_dir(command, given, upstream_config)}")
     multirun = bool({"-m", "--multirun"} & set(flags))
     flags = [f for f in flags if f not in ("-m", "--multirun")]
+    for override in overrides:
+        plugin = LAUNCHER_PLUGINS.get(override.removeprefix("hydra/launcher="))
+        if override.startswith("hydra/launcher=") and plugin is not None:
+            pytest.importorskip(plugin, reason='pip install -e ".[launchers]"')
     jobs = sweep_jobs(overrides) if multirun else [overrides]
     return [compose_job((*args, *flags, *job)) for job in jobs]
 
