@@ -14,7 +14,10 @@ module and its ``__main__``, the ``--config-name``, the ``task=``, the ``pip`` e
 - ``python -m diffusion_policy_mlx.accel`` and ``... data verify`` (where the data is) run for real.
 
 README's ``eval.py`` commands must read a checkpoint that an earlier README command writes, and
-their ``key=value`` overrides must be keys of that run's composed config.
+their ``key=value`` overrides must be keys of that run's composed config; its install and test
+commands are the ones ``.ci/run`` runs. The README stays a few screens long, without dates or
+placeholders beyond the quickstart's two, and every link of every doc reaches its file and
+heading.
 """
 
 from __future__ import annotations
