@@ -4,7 +4,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from diffusion_policy_mlx.model.common.normalizer import SingleFieldLinearNormalizer
+from diffusion_policy_mlx.model.common.normalizer import (
+    SingleFieldLinearNormalizer,
+    limits_scale_offset,
+)
 
 Stats = Mapping[str, np.ndarray]
 
@@ -16,14 +19,9 @@ def get_range_normalizer_from_stat(
 
     Features whose range is below ``range_eps`` are shifted to the middle of the output range.
     """
-    input_max = np.asarray(stat["max"])
-    input_min = np.asarray(stat["min"])
-    input_range = input_max - input_min
-    ignore = input_range < range_eps
-    input_range[ignore] = output_max - output_min
-    scale = (output_max - output_min) / input_range
-    offset = output_min - scale * input_min
-    offset[ignore] = (output_max + output_min) / 2 - input_min[ignore]
+    scale, offset = limits_scale_offset(
+        np.asarray(stat["min"]), np.asarray(stat["max"]), output_min, output_max, range_eps
+    )
     return SingleFieldLinearNormalizer.create_manual(scale, offset, stat)
 
 

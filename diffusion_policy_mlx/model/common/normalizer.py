@@ -74,13 +74,9 @@ def _fit(
 
     if mode == "limits":
         if fit_offset:
-            input_range = input_max - input_min
-            ignore = input_range < range_eps
-            input_range[ignore] = output_max - output_min
-            scale = (output_max - output_min) / input_range
-            offset = output_min - scale * input_min
-            # constant features are shifted to the middle of the output range, not scaled
-            offset[ignore] = (output_max + output_min) / 2 - input_min[ignore]
+            scale, offset = limits_scale_offset(
+                input_min, input_max, output_min, output_max, range_eps
+            )
         else:
             # for data that is already zero-centred: scale by the larger absolute limit only
             if not (output_max > 0 > output_min):
@@ -99,6 +95,25 @@ def _fit(
 
     stats = {"min": input_min, "max": input_max, "mean": input_mean, "std": input_std}
     return _params(scale.astype(x.dtype), offset.astype(x.dtype), stats)
+
+
+def limits_scale_offset(
+    input_min: np.ndarray,
+    input_max: np.ndarray,
+    output_min: float,
+    output_max: float,
+    range_eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``scale``, ``offset`` (F,) mapping each feature's ``[input_min, input_max]`` onto
+    ``[output_min, output_max]``; features whose range is below ``range_eps`` are not scaled but
+    shifted to the middle of the output range."""
+    input_range = input_max - input_min
+    ignore = input_range < range_eps
+    input_range[ignore] = output_max - output_min
+    scale = (output_max - output_min) / input_range
+    offset = output_min - scale * input_min
+    offset[ignore] = (output_max + output_min) / 2 - input_min[ignore]
+    return scale, offset
 
 
 def _params(scale: ArrayLike, offset: ArrayLike, stats: Mapping[str, ArrayLike]) -> dict[str, Any]:
