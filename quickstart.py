@@ -109,6 +109,11 @@ def data(args: argparse.Namespace) -> tuple[Path, str]:
     return RECORDED, "upstream's recorded demonstrations"
 
 
+def test_scores(log: dict) -> list[float]:
+    """Each test seed's score (its episode's best reward) in ``eval.py``'s ``eval_log.json``."""
+    return [v for k, v in log.items() if k.startswith("test/sim_max_reward_")]
+
+
 def explain(scores: list[float]) -> str:
     solved = sum(s > 0.95 for s in scores)
     return (
@@ -177,7 +182,7 @@ def main() -> None:
     run(evaluate + recipe_overrides(protocol))
 
     log = json.loads((eval_dir / "eval_log.json").read_text())
-    scores = [v for k, v in log.items() if k.startswith("test/sim_max_reward_")]
+    scores = test_scores(log)
     videos = sorted(v for k, v in log.items() if k.startswith("test/sim_video_"))
     print()
     print(explain(scores))

@@ -29,7 +29,9 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from train_side_by_side import alive, start_session  # noqa: E402
 
-from quickstart import CONFIG, EVAL, RECIPE, recipe_overrides  # noqa: E402
+from quickstart import CONFIG, EVAL, RECIPE, recipe_overrides, test_scores  # noqa: E402
+
+NO_VIDEO_EVAL = EVAL | {"task.env_runner.n_test_vis": "0"}
 
 # name -> keys that differ from quickstart.RECIPE. Each variant's epochs are chosen to take about
 # as long on a 2-core x86 CPU as the recipe's 50 (0.25 s per step of 256 for the recipe's U-Net,
@@ -65,20 +67,19 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 
 def run_overrides(name: str, root: Path, every: int, zarr: str, device: str) -> list[str]:
-    recipe = RECIPE | {
-        "training.rollout_every": str(every),
-        "training.checkpoint_every": str(10_000),
-        "training.device": device,
-        "task.env_runner.n_train": "0",
-        "task.env_runner.n_train_vis": "0",
-        "task.env_runner.n_test": "50",
-        "task.env_runner.n_test_vis": "0",
-        "task.env_runner.test_start_seed": "100000",
-        "task.env_runner.max_steps": "300",
-        "task.dataset.zarr_path": zarr,
-        "hydra.run.dir": str(root / name),
-        "logging.mode": "offline",
-    }
+    # the in-training rollouts follow the quickstart's evaluation protocol, without videos
+    recipe = (
+        RECIPE
+        | NO_VIDEO_EVAL
+        | {
+            "training.rollout_every": str(every),
+            "training.checkpoint_every": str(10_000),
+            "training.device": device,
+            "task.dataset.zarr_path": zarr,
+            "hydra.run.dir": str(root / name),
+            "logging.mode": "offline",
+        }
+    )
     return recipe_overrides(recipe | VARIANTS[name])
 
 
@@ -107,8 +108,7 @@ def final(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     log = json.loads(path.read_text())
-    scores = [v for k, v in log.items() if k.startswith("test/sim_max_reward_")]
-    return {"test_mean_score": log["test/mean_score"], "n_test": len(scores)}
+    return {"test_mean_score": log["test/mean_score"], "n_test": len(test_scores(log))}
 
 
 def drive(args: argparse.Namespace) -> None:
@@ -134,7 +134,7 @@ def drive(args: argparse.Namespace) -> None:
             str(run_dir / "eval"),
             "-d",
             args.device,
-            *recipe_overrides(EVAL | {"task.env_runner.n_test_vis": "0"}),
+            *recipe_overrides(NO_VIDEO_EVAL),
         ]
         cmd = ["bash", "-c", f"{shlex.join(train)} && {shlex.join(evaluate)}"]
         start_session(cmd, args.root / f"{name}.log", pid, env)
