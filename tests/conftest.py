@@ -7,10 +7,13 @@ default ``../shared`` next to the checkout) is an optional second source for bot
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from data_sources import find_pusht
+from tiny_runs import TINY_EVAL
 
 # Before any test module imports mlx.core: importing accel loads the fast CPU BLAS.
 from diffusion_policy_mlx import accel
@@ -56,6 +59,35 @@ def pusht_zarr(request: pytest.FixtureRequest) -> Path:
         return find_pusht(REPO, SHARED, cache)
     except LookupError as missing:
         pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def tiny_lowdim_checkpoint(tmp_path_factory, pusht_zarr) -> Path:
+    """``checkpoints/latest.ckpt`` of a tiny keypoint U-Net run that ``train.py`` wrote
+    (``training.debug``); read it, never change it: the whole session shares it."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config-name=train_diffusion_unet_lowdim_workspace",
+            f"task.dataset.zarr_path={pusht_zarr}",
+            f"hydra.run.dir={run_dir}",
+            "policy.model.down_dims=[16,32]",
+            "policy.model.diffusion_step_embed_dim=16",
+            "policy.num_inference_steps=4",
+            "training.debug=True",
+            "dataloader.batch_size=16",
+            "val_dataloader.batch_size=16",
+            "training.rollout_every=1000",  # rollouts are eval.py's job
+            *TINY_EVAL,
+        ],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        check=True,
+        capture_output=True,
+    )
+    return run_dir / "checkpoints" / "latest.ckpt"
 
 
 @pytest.fixture

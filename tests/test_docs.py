@@ -590,28 +590,7 @@ def python_blocks(doc: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
 
 
-@pytest.fixture(scope="module")
-def tiny_lowdim_run(tmp_path_factory, pusht_zarr) -> Path:
-    """A run folder holding ``checkpoints/latest.ckpt`` of a tiny keypoint U-Net."""
-    run_dir = tmp_path_factory.mktemp("readme") / "run"
-    overrides = [
-        f"task.dataset.zarr_path={pusht_zarr}",
-        f"hydra.run.dir={run_dir}",
-        "policy.model.down_dims=[16,32]",
-        "policy.model.diffusion_step_embed_dim=16",
-        "policy.num_inference_steps=4",
-        "training.debug=True",
-        "training.rollout_every=1000",
-        "training.device=cpu",
-    ]
-    cmd = [sys.executable, "train.py", "--config-name=train_diffusion_unet_lowdim_workspace"]
-    env = dict(os.environ, WANDB_MODE="disabled")
-    proc = subprocess.run(cmd + overrides, cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
-
-
-def test_readme_python_runs_on_a_checkpoint_train_py_wrote(tiny_lowdim_run, tmp_path):
+def test_readme_python_runs_on_a_checkpoint_train_py_wrote(tiny_lowdim_checkpoint, tmp_path):
     """Each ``python`` block of the README runs as written, its checkpoint path pointed at a
     real run; the shapes its comments promise are checked on what it leaves behind."""
     blocks = python_blocks(README)
@@ -620,7 +599,7 @@ def test_readme_python_runs_on_a_checkpoint_train_py_wrote(tiny_lowdim_run, tmp_
         paths = re.findall(r'"(outputs/[^"]+\.ckpt)"', block)
         assert paths, f"README python block names no checkpoint:\n{block}"
         for path in paths:
-            block = block.replace(path, str(tiny_lowdim_run / "checkpoints" / "latest.ckpt"))
+            block = block.replace(path, str(tiny_lowdim_checkpoint))
         script = tmp_path / "readme_block.py"
         script.write_text(block + "\nassert tuple(action.shape) == (1, 8, 2), action.shape\n")
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from crafted_checkpoint import craft, evil_module
 from mlx.utils import tree_flatten
+from tiny_runs import TINY_EVAL
 
 from diffusion_policy_mlx.common.checkpoint_util import (
     CheckpointError,
@@ -21,13 +21,6 @@ from diffusion_policy_mlx.common.checkpoint_util import (
 from diffusion_policy_mlx.config_compat import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_EVAL = [
-    "task.env_runner.n_train=1",
-    "task.env_runner.n_train_vis=1",
-    "task.env_runner.n_test=2",
-    "task.env_runner.n_test_vis=1",
-    "task.env_runner.max_steps=16",
-]
 
 
 def _load_eval_module():
@@ -37,31 +30,9 @@ def _load_eval_module():
     return module
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, pusht_zarr) -> Path:
-    run_dir = tmp_path_factory.mktemp("train") / "run"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--config-name=train_diffusion_unet_lowdim_workspace",
-            f"task.dataset.zarr_path={pusht_zarr}",
-            f"hydra.run.dir={run_dir}",
-            "policy.model.down_dims=[16,32]",
-            "policy.model.diffusion_step_embed_dim=16",
-            "policy.num_inference_steps=4",
-            "training.debug=True",
-            "dataloader.batch_size=16",
-            "val_dataloader.batch_size=16",
-            "training.rollout_every=1000",  # rollouts are eval.py's job in this test
-            *TINY_EVAL,
-        ],
-        cwd=REPO,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        check=True,
-        capture_output=True,
-    )
-    return run_dir / "checkpoints" / "latest.ckpt"
+@pytest.fixture
+def checkpoint(tiny_lowdim_checkpoint) -> Path:
+    return tiny_lowdim_checkpoint
 
 
 def test_eval_writes_log_and_videos(checkpoint, tmp_path):
