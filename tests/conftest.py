@@ -116,6 +116,19 @@ def amx(cpu_kernels):
 
 
 @pytest.fixture
+def cpu_device():
+    """The CPU as MLX's default device for the test, then back: accel's CPU machinery is
+    compared with MLX's own operations on the CPU, also on a host whose default is a GPU (whose
+    TF32 matmuls differ from the CPU's float32 in the fourth digit)."""
+    import mlx.core as mx
+
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
+
+
+@pytest.fixture
 def cpu_config():
     """``cpu_config(kernels, **changes)``: accel settings for the CPU with ``kernels`` (the
     extension, a stand-in for it, or None for MLX's operations), one stream and float32

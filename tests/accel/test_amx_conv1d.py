@@ -15,6 +15,10 @@ import pytest
 from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.model.diffusion.conv1d_components import Downsample1d, Upsample1d
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
+
 RNG = np.random.default_rng(0)
 
 

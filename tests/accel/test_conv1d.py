@@ -33,6 +33,9 @@ from diffusion_policy_mlx.model.diffusion.conv1d_components import (
     Upsample1d,
 )
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
 
 def test_downsample1d_even_length_and_gradients_match_the_strided_conv(cpu_config):
     # On the CPU the layer is a GEMM over strided taps; its values and gradients must be the

@@ -10,6 +10,9 @@ import pytest
 from diffusion_policy_mlx.common.batch_split import BatchSplit
 from diffusion_policy_mlx.common.distributed import Shard, current_shard, sharded_draw
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
 
 def test_batch_chunks_cover_the_rows_once():
     split = CpuStreams(3)

@@ -1,7 +1,9 @@
 """The MLX CUDA defaults: applied only on CUDA, never over the user's own settings."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from diffusion_policy_mlx.accel.cuda_defaults import (
     GRAPHS_VAR,
@@ -9,6 +11,14 @@ from diffusion_policy_mlx.accel.cuda_defaults import (
     apply_cuda_defaults,
     default_ptx_cache_dir,
 )
+
+
+def bare_environment(home: Path) -> dict[str, str]:
+    """An environment with none of the caller's settings but the ones that find Python's
+    packages and MLX's libraries (an MLX unpacked beside the interpreter, as on a staged GPU
+    host, is found only through them)."""
+    kept = {k: os.environ[k] for k in ("PYTHONPATH", "LD_LIBRARY_PATH") if k in os.environ}
+    return {"PATH": "", "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"), **kept}
 
 
 def test_defaults_on_cuda_create_the_cache(tmp_path):
@@ -46,7 +56,7 @@ def test_configure_applies_them_only_on_cuda(tmp_path):
         f"print(mx.cuda.is_available(), os.environ.get('{GRAPHS_VAR}'), "
         f"os.environ.get('{PTX_CACHE_VAR}'))"
     )
-    env = {"PATH": "", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = bare_environment(tmp_path)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
@@ -64,7 +74,7 @@ def test_importing_the_package_sets_no_variable(tmp_path):
         "import diffusion_policy_mlx, diffusion_policy_mlx.accel, mlx.core; "
         "print(sorted(set(os.environ.items()) ^ set(before.items())))"
     )
-    env = {"PATH": "", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = bare_environment(tmp_path)
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code],
         env=env,

@@ -18,6 +18,10 @@ import pytest
 
 from diffusion_policy_mlx import accel
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
+
 RNG = np.random.default_rng(0)
 
 

@@ -16,6 +16,10 @@ from diffusion_policy_mlx.model.common.activation import mish
 from diffusion_policy_mlx.model.common.normalization import ACTIVATIONS, GroupNorm
 from diffusion_policy_mlx.model.vision.resnet import replace_bn_with_gn, resnet18
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
+
 RNG = np.random.default_rng(0)
 
 # (B, S, C, groups): the U-Net's levels, a ResNet stage, a single step, and channel counts

@@ -13,6 +13,9 @@ import pytest
 from diffusion_policy_mlx import accel
 from diffusion_policy_mlx.model.vision.resnet import MaxPool2d, resnet18
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
 
 @pytest.mark.parametrize("height, width", [(42, 42), (21, 20), (5, 7)])
 def test_maxpool_matches_mlx_pool_in_values_and_gradients(height, width, cpu_config):

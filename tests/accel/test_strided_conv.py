@@ -10,6 +10,9 @@ import pytest
 
 from diffusion_policy_mlx import accel
 
+# accel's CPU machinery against MLX on the CPU, also where a GPU is the default device
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
 
 def _value_and_grads(layer: nn.Module, x: mx.array):
     def loss(params, x):
