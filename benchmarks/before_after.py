@@ -3,9 +3,10 @@
     git worktree add --detach ../before OLD_COMMIT
     python benchmarks/before_after.py ../before . --rounds 3 -- --no-upstream --policies lowdim
 
-Each round runs ``benchmarks/bench_policy.py`` once from checkout A, then once from checkout B
-(each in its own process, with that checkout first on ``PYTHONPATH``), so that a machine whose
-speed drifts hits both alike. Arguments after ``--`` go to every ``bench_policy.py`` run. The
+Each round runs ``benchmarks/bench_policy.py`` once from checkout A and once from checkout B
+(each in its own process, with that checkout first on ``PYTHONPATH``; A first in odd rounds, B
+first in even ones), so that a machine whose speed drifts hits both alike. With ``--json`` the
+runs so far are written after every round. Arguments after ``--`` go to every ``bench_policy.py`` run. The
 table gives, per policy and measurement, the median over rounds of each run's median and B/A.
 A checkout needs its own built extension (``diffusion_policy_mlx/*.so``) where it uses one.
 """
@@ -35,6 +36,24 @@ def run_once(tree: Path, bench_args: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def rows(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per policy and measurement, every run's median of each side."""
+    return [
+        {
+            "policy": res["policy"],
+            "measurement": res["measurement"],
+            "a": [run["results"][i]["ours_median_s"] for run in runs["A"]],
+            "b": [run["results"][i]["ours_median_s"] for run in runs["B"]],
+        }
+        for i, res in enumerate(runs["A"][0]["results"])
+    ]
+
+
+def write_json(path: Path, trees: dict[str, Path], runs: dict[str, list[dict]]) -> None:
+    trees_out = {k: str(v) for k, v in trees.items()}
+    path.write_text(json.dumps({"trees": trees_out, "rows": rows(runs)}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="checkout A (before)")
@@ -50,10 +69,14 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for side, tree in trees.items():
+            # A first in even rounds, B first in odd ones: neither side always runs second
+            for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 out = Path(tmp) / f"{side}{r}.json"
-                runs[side].append(run_once(tree, bench_args, out))
+                runs[side].append(run_once(trees[side], bench_args, out))
                 print(f"round {r + 1}/{args.rounds} {side} done", file=sys.stderr, flush=True)
+            if args.json is not None:
+                # after every round, so that a run cut short still leaves what it measured
+                write_json(args.json, trees, runs)
 
     print(f"A: {trees['A']}\nB: {trees['B']}")
     for key, value in runs["B"][0]["machine"].items():
@@ -61,20 +84,13 @@ def main() -> None:
     print()
     print("| policy | measurement | A median (s) | B median (s) | B/A | A runs | B runs |")
     print("| --- | --- | ---: | ---: | ---: | --- | --- |")
-    rows = []
-    for i, res in enumerate(runs["A"][0]["results"]):
-        a = [run["results"][i]["ours_median_s"] for run in runs["A"]]
-        b = [run["results"][i]["ours_median_s"] for run in runs["B"]]
+    for res, row in zip(runs["A"][0]["results"], rows(runs), strict=True):
+        a, b = row["a"], row["b"]
         ma, mb = statistics.median(a), statistics.median(b)
-        rows.append({"policy": res["policy"], "measurement": res["measurement"], "a": a, "b": b})
         fmt = " ".join(f"{x:.4f}" for x in a), " ".join(f"{x:.4f}" for x in b)
         print(
             f"| {res['policy']} | {res['label']} | {ma:.4f} | {mb:.4f} | {mb / ma:.2f} "
             f"| {fmt[0]} | {fmt[1]} |"
-        )
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps({"trees": {k: str(v) for k, v in trees.items()}, "rows": rows}, indent=2)
         )
 
 
