@@ -73,9 +73,14 @@ def _swap(value: Any, config: AccelConfig) -> Any:
                 value[key] = new
         # after its children, so that a swapped container holds the swapped children
         return _accelerated(value, config)
+    # modules keep children in lists (torch's Sequential) and dicts (ModuleDict: an obs
+    # encoder's per-key networks), as MLX's own tree utilities walk them
     if isinstance(value, list):
         for i, child in enumerate(value):
             value[i] = _swap(child, config)
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            value[key] = _swap(child, config)
     return value
 
 
