@@ -4,10 +4,10 @@
     python benchmarks/before_after.py ../before . --rounds 3 -- --no-upstream --policies lowdim
 
 Each round runs ``benchmarks/bench_policy.py`` once from checkout A and once from checkout B
-(each in its own process, with that checkout first on ``PYTHONPATH``; A first in odd rounds, B
-first in even ones), so that a machine whose speed drifts hits both alike. With ``--json`` the
-runs so far are written after every round. Arguments after ``--`` go to every ``bench_policy.py`` run. The
-table gives, per policy and measurement, the median over rounds of each run's median and B/A.
+(each in its own process, with that checkout first on ``PYTHONPATH``; A first in rounds 1, 3,
+..., B first in rounds 2, 4, ...), so that a machine whose speed drifts hits both alike.
+Arguments after ``--`` go to every ``bench_policy.py`` run; with ``--json`` the runs so far are
+written after every round. The table gives, per policy and measurement, the median over rounds of each run's median and B/A.
 A checkout needs its own built extension (``diffusion_policy_mlx/*.so``) where it uses one.
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            # A first in even rounds, B first in odd ones: neither side always runs second
+            # neither side always runs second
             for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 out = Path(tmp) / f"{side}{r}.json"
                 runs[side].append(run_once(trees[side], bench_args, out))
